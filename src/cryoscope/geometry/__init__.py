@@ -1,0 +1,1 @@
+"""cryoscope.geometry"""

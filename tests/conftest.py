@@ -1,0 +1,22 @@
+"""Shared test fixtures: bundled small test data, float64 helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Folder of small files copied from public sources (see tests/data/README.md)."""
+    return DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
