@@ -33,18 +33,20 @@ def euler_to_matrix(euler_deg: torch.Tensor) -> torch.Tensor:
 def matrix_to_euler(R: torch.Tensor) -> torch.Tensor:
     """Matrices [..., 3, 3] -> RELION Euler angles (rot, tilt, psi) in degrees, tilt in [0, 180].
 
-    At tilt = 0 or 180 (gimbal lock) rot is set to 0 and psi carries the in-plane angle.
+    Same angles as RELION's `Euler_matrix2angles`: at tilt = 0 or 180 (gimbal lock) rot is set to 0
+    and psi carries the in-plane angle. rot comes from the third row; tilt and psi are then read off
+    `R Rz(rot)^T = Rz(psi) Ry(tilt)`, so the angles reproduce R to rounding even next to gimbal lock.
     """
-    abs_sb = torch.sqrt(R[..., 0, 2] ** 2 + R[..., 1, 2] ** 2)
+    abs_sb = torch.sqrt(R[..., 2, 0] ** 2 + R[..., 2, 1] ** 2)
     eps = 16 * torch.finfo(R.dtype).eps
-    regular = abs_sb > eps
-    rot = torch.where(regular, torch.atan2(R[..., 2, 1], R[..., 2, 0]), torch.zeros_like(abs_sb))
-    tilt = torch.atan2(abs_sb, R[..., 2, 2])
-    psi_regular = torch.atan2(R[..., 1, 2], -R[..., 0, 2])
-    psi_up = torch.atan2(-R[..., 1, 0], R[..., 0, 0])
-    psi_down = torch.atan2(R[..., 1, 0], -R[..., 0, 0])
-    psi = torch.where(regular, psi_regular, torch.where(R[..., 2, 2] > 0, psi_up, psi_down))
-    tilt = torch.where(regular, tilt, torch.where(R[..., 2, 2] > 0, torch.zeros_like(tilt), torch.full_like(tilt, math.pi)))
+    rot = torch.where(abs_sb > eps, torch.atan2(R[..., 2, 1], R[..., 2, 0]), torch.zeros_like(abs_sb))
+    ca, sa = torch.cos(rot), torch.sin(rot)
+    # M = R @ Rz(rot)^T, where RELION's Rz(rot) = [[ca, sa, 0], [-sa, ca, 0], [0, 0, 1]].
+    m01 = R[..., 0, 1] * ca - R[..., 0, 0] * sa
+    m11 = R[..., 1, 1] * ca - R[..., 1, 0] * sa
+    m20 = R[..., 2, 0] * ca + R[..., 2, 1] * sa
+    tilt = torch.atan2(m20.clamp_min(0), R[..., 2, 2])
+    psi = torch.atan2(m01, m11)
     return torch.rad2deg(torch.stack([rot, tilt, psi], -1))
 
 
@@ -135,3 +137,88 @@ def quaternion_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
 def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """Angle in degrees of R1^T R2, [...]; robust near 0 and 180 degrees."""
     return torch.rad2deg(matrix_to_axis_angle(R1.transpose(-1, -2) @ R2).norm(dim=-1))
+
+
+def matrix_to_rot6d(R: torch.Tensor) -> torch.Tensor:
+    """Matrices [..., 3, 3] -> continuous 6-D representation [..., 6] (Zhou et al., CVPR 2019).
+
+    The 6 numbers are the first two columns of R, column after column: (R00, R10, R20, R01, R11, R21).
+    """
+    return torch.cat([R[..., :, 0], R[..., :, 1]], -1)
+
+
+def rot6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
+    """6-D representation [..., 6] -> matrices [..., 3, 3] by Gram-Schmidt (Zhou et al., CVPR 2019).
+
+    b1 = a1/|a1|, b2 = normalised (a2 - (b1.a2) b1), b3 = b1 x b2 are the columns of R;
+    any pair of non-parallel 3-vectors is accepted, so networks can output x unconstrained.
+    """
+    a1, a2 = x[..., :3], x[..., 3:]
+    b1 = a1 / a1.norm(dim=-1, keepdim=True)
+    b2 = a2 - (b1 * a2).sum(-1, keepdim=True) * b1
+    b2 = b2 / b2.norm(dim=-1, keepdim=True)
+    b3 = torch.linalg.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], -1)
+
+
+def _jacobian_coefficients(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(1 - cos t)/t^2, (t - sin t)/t^3 and 1/t^2 - (1 + cos t)/(2 t sin t) for t = |v|, shape [..., 1, 1]."""
+    theta2 = (v * v).sum(-1, keepdim=True)
+    small = theta2 < 1e-4  # Taylor series to t^4 below t = 0.01 rad (remainder < 1e-16)
+    safe2 = torch.where(small, torch.ones_like(theta2), theta2)
+    safe = torch.sqrt(safe2)
+    t4 = theta2 * theta2
+    b = torch.where(small, 1 / 2 - theta2 / 24 + t4 / 720, (1 - torch.cos(safe)) / safe2)
+    c = torch.where(small, 1 / 6 - theta2 / 120 + t4 / 5040, (safe - torch.sin(safe)) / (safe2 * safe))
+    d = torch.where(small, 1 / 12 + theta2 / 720 + t4 / 30240, 1 / safe2 - (1 + torch.cos(safe)) / (2 * safe * torch.sin(safe)))
+    return b[..., None], c[..., None], d[..., None]
+
+
+def so3_right_jacobian(v: torch.Tensor) -> torch.Tensor:
+    """Right Jacobian of the exponential map, [..., 3] (radians) -> [..., 3, 3].
+
+    exp(v + d) = exp(v) exp(J_r(v) d) + O(|d|^2); J_r(v) = I - (1-cos t)/t^2 K + (t - sin t)/t^3 K^2, K = skew(v).
+    """
+    b, c, _ = _jacobian_coefficients(v)
+    K = _skew(v)
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(K.shape)
+    return eye - b * K + c * (K @ K)
+
+
+def so3_left_jacobian(v: torch.Tensor) -> torch.Tensor:
+    """Left Jacobian of the exponential map, [..., 3] -> [..., 3, 3]: exp(v + d) = exp(J_l(v) d) exp(v) + O(|d|^2).
+
+    J_l(v) = J_r(-v) = J_r(v)^T.
+    """
+    b, c, _ = _jacobian_coefficients(v)
+    K = _skew(v)
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(K.shape)
+    return eye + b * K + c * (K @ K)
+
+
+def so3_right_jacobian_inv(v: torch.Tensor) -> torch.Tensor:
+    """Inverse right Jacobian, [..., 3] -> [..., 3, 3]: log(exp(v) exp(d)) = v + J_r^{-1}(v) d + O(|d|^2).
+
+    J_r^{-1}(v) = I + K/2 + (1/t^2 - (1 + cos t)/(2 t sin t)) K^2; singular at |v| = pi.
+    """
+    _, _, d = _jacobian_coefficients(v)
+    K = _skew(v)
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(K.shape)
+    return eye + 0.5 * K + d * (K @ K)
+
+
+def so3_left_jacobian_inv(v: torch.Tensor) -> torch.Tensor:
+    """Inverse left Jacobian, [..., 3] -> [..., 3, 3]: log(exp(d) exp(v)) = v + J_l^{-1}(v) d + O(|d|^2)."""
+    _, _, d = _jacobian_coefficients(v)
+    K = _skew(v)
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(K.shape)
+    return eye - 0.5 * K + d * (K @ K)
+
+
+def perturb_right(R: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Pose update R exp(delta) for matrices [..., 3, 3] and axis-angle increments [..., 3] (radians).
+
+    This is the retraction optimisers use: a gradient with respect to delta at delta = 0 is the
+    body-frame gradient, and d(R exp(delta)) = R skew(delta) to first order.
+    """
+    return R @ axis_angle_to_matrix(delta)
