@@ -35,18 +35,28 @@ def _ifftc(F: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def _window_centred(F: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
-    """Crop or zero-pad the last len(new_shape) axes of a centred array, keeping index N//2 at M//2."""
+    """Crop or zero-pad the last len(new_shape) axes of a centred transform, keeping index N//2 at M//2.
+
+    Cropping to an even size folds the +M/2 plane onto the -M/2 one (both alias to the new Nyquist),
+    so that padding followed by cropping is the identity.
+    """
     ndim = len(new_shape)
-    old_shape = tuple(F.shape[-ndim:])
-    out = F.new_zeros(*F.shape[:-ndim], *new_shape)
-    src, dst = [], []
-    for n_old, n_new in zip(old_shape, new_shape):
-        n = min(n_old, n_new)
-        src.append(slice(n_old // 2 - n // 2, n_old // 2 - n // 2 + n))
-        dst.append(slice(n_new // 2 - n // 2, n_new // 2 - n // 2 + n))
-    lead = (Ellipsis,)
-    out[lead + tuple(dst)] = F[lead + tuple(src)]
-    return out
+    for ax, n_new in enumerate(new_shape):
+        dim = F.dim() - ndim + ax
+        n_old = F.shape[dim]
+        if n_new < n_old:
+            start = n_old // 2 - n_new // 2
+            cropped = F.narrow(dim, start, n_new).clone()
+            if n_new % 2 == 0:
+                cropped.narrow(dim, 0, 1).add_(F.narrow(dim, start + n_new, 1))
+            F = cropped
+        elif n_new > n_old:
+            shape = list(F.shape)
+            shape[dim] = n_new
+            padded = F.new_zeros(shape)
+            padded.narrow(dim, n_new // 2 - n_old // 2, n_old).copy_(F)
+            F = padded
+    return F
 
 
 def fourier_resize(x: torch.Tensor, new_shape: int | tuple[int, ...], ndim: int = 2) -> torch.Tensor:
@@ -54,8 +64,8 @@ def fourier_resize(x: torch.Tensor, new_shape: int | tuple[int, ...], ndim: int 
 
     Down-sampling (M < N) low-pass filters at the new Nyquist; up-sampling (M > N) is band-limited
     (sinc) interpolation. Sample values are kept (mean preserved), as RELION's rescaling. The
-    pixel size changes from p to p * N / M. An unpaired Nyquist plane of an even size keeps half
-    its amplitude on each side (the real part of the result is returned).
+    pixel size changes from p to p * N / M. Padding splits an unpaired Nyquist plane of an even size
+    evenly between +-N/2 (the real part is returned), so padding then cropping is the identity.
     """
     shape = (new_shape,) * ndim if isinstance(new_shape, int) else tuple(new_shape)
     if len(shape) != ndim or min(shape) < 1 or x.dim() < ndim:
