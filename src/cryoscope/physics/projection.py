@@ -1,0 +1,281 @@
+"""Fourier-slice projection of voxel maps and its exact adjoint (backprojection).
+
+Convention (docs/conventions.md): a particle with RELION matrix A has the image
+`image(x, y) = ∫ V(A^T (x, y, z)) dz`, whose centred transform is the central slice
+`F_image(kx, ky) = F_V(A^T (kx, ky, 0))`, frequencies in cycles per box.
+
+The map is zero-padded to M = round(oversample * N), divided by the gridding correction
+(the real-space transform of the trilinear kernel, sinc^2 per axis) and Fourier transformed once
+(`fourier_volume`). A slice is sampled at `M/N * A^T k` by trilinear interpolation, written as a
+gather of 8 neighbours with flattened indices, so it is differentiable with respect to both the map
+and the rotations. Only the Hermitian half of each slice is interpolated; the other half is its
+complex conjugate. `backproject` is the transpose of the same real-linear map (scatter-add of the
+same 8 weights, inverse FFT, crop, gridding correction), so <P v, y> = <v, P* y> with the real
+inner product Re sum conj(a) b.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from cryoscope.errors import InvalidValueError
+from cryoscope.physics.fourier import centered_coords, fft2c, fft3c, ifft2c, ifft3c
+
+# Fourier volumes carry a zero border of 1 voxel below and 2 above, so clamped coordinates of
+# out-of-range samples only touch zeros (no masks in the inner loop).
+_LOW, _HIGH = 1, 2
+# Upper bound on gathered corner values per chunk (n * points * 8), to cap transient memory.
+_CHUNK_CORNERS = 1 << 24
+
+
+def padded_size(box: int, oversample: float) -> int:
+    """Size M = round(oversample * box) of the padded box (at least `box`)."""
+    if oversample < 1:
+        raise InvalidValueError(f"oversample must be >= 1, got {oversample}")
+    return max(box, int(round(oversample * box)))
+
+
+def gridding_correction(box: int, padded: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[N, N, N] real-space transform of the trilinear kernel on an M grid: prod over axes sinc^2(x / M).
+
+    x in pixels from the centre N // 2. Maps are divided by it before the forward FFT and
+    backprojections after the inverse FFT.
+    """
+    x = centered_coords(box, device, torch.float64) / padded
+    s = torch.sinc(x) ** 2
+    return (s[:, None, None] * s[None, :, None] * s[None, None, :]).to(dtype)
+
+
+def fourier_volume(volume: torch.Tensor, oversample: float = 2.0) -> torch.Tensor:
+    """Padded, gridding-corrected centred 3-D transform of a map [N, N, N] -> complex [M+3, M+3, M+3].
+
+    The transform of the M box sits at [1:M+1] in each axis, surrounded by zeros.
+    """
+    n = volume.shape[-1]
+    if volume.dim() != 3 or len(set(volume.shape)) != 1:
+        raise InvalidValueError(f"expected a cubic map [N, N, N], got shape {tuple(volume.shape)}")
+    m = padded_size(n, oversample)
+    lo = m // 2 - n // 2
+    corrected = volume / gridding_correction(n, m, volume.device, volume.dtype)
+    padded = torch.nn.functional.pad(corrected, (lo, m - n - lo) * 3)
+    return torch.nn.functional.pad(fft3c(padded), (_LOW, _HIGH) * 3)
+
+
+def _crop_backprojection(grid: torch.Tensor, box: int) -> torch.Tensor:
+    """Adjoint of `fourier_volume`: bordered complex grid [M+3]^3 -> real map [N, N, N]."""
+    m = grid.shape[-1] - _LOW - _HIGH
+    inner = grid[_LOW : _LOW + m, _LOW : _LOW + m, _LOW : _LOW + m]
+    real = (ifft3c(inner) * m**3).real
+    lo = m // 2 - box // 2
+    vol = real[lo : lo + box, lo : lo + box, lo : lo + box]
+    return vol / gridding_correction(box, m, vol.device, vol.dtype)
+
+
+@dataclass(frozen=True)
+class SliceLayout:
+    """Which pixels of an N x N centred image are interpolated and which are conjugate copies.
+
+    `freqs` [P, 3]: (kx, ky, 0) of the interpolated pixels (cycles per box); `computed` [P]:
+    their flat image indices; `mirrored` [Q]: flat indices of pixels filled with conj of
+    computed pixel `source` [Q] (their Hermitian partner); `gather` [N*N]: for every pixel the
+    index into concat([0], values, conj(values[source])), 0 for pixels beyond the cutoff.
+    """
+
+    box: int
+    freqs: torch.Tensor
+    computed: torch.Tensor
+    mirrored: torch.Tensor
+    source: torch.Tensor
+    gather: torch.Tensor
+
+
+@functools.lru_cache(maxsize=32)
+def slice_layout(box: int, cutoff: float | None = None, device: torch.device | str = "cpu") -> SliceLayout:
+    """Cached `SliceLayout` for an N x N image; `cutoff` in cycles/pixel keeps |k| / N <= cutoff."""
+    k = centered_coords(box, dtype=torch.float64)
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    kx, ky = kx.reshape(-1), ky.reshape(-1)
+    inside = torch.ones_like(kx, dtype=torch.bool) if cutoff is None else (kx**2 + ky**2).sqrt() <= cutoff * box + 1e-9
+    hi = (box - 1) - box // 2  # largest index-frequency; the mirror -k exists iff -k >= -box//2 and -k <= hi
+    has_mirror = (kx <= box // 2) & (kx >= -hi) & (ky <= box // 2) & (ky >= -hi)
+    upper = (kx > 0) | ((kx == 0) & (ky >= 0))
+    computed_mask = inside & (upper | ~has_mirror)
+    mirrored_mask = inside & has_mirror & ~upper
+    computed = computed_mask.nonzero().squeeze(1)
+    mirrored = mirrored_mask.nonzero().squeeze(1)
+    c = box // 2
+    mirror_flat = (c - ky[mirrored].long()) * box + (c - kx[mirrored].long())
+    position = torch.full((box * box,), -1, dtype=torch.long)
+    position[computed] = torch.arange(computed.numel())
+    source = position[mirror_flat]
+    gather = torch.zeros(box * box, dtype=torch.long)
+    gather[computed] = torch.arange(1, computed.numel() + 1)
+    gather[mirrored] = torch.arange(computed.numel() + 1, computed.numel() + 1 + mirrored.numel())
+    freqs = torch.stack([kx[computed], ky[computed], torch.zeros_like(kx[computed])], -1)
+    dev = torch.device(device)
+    return SliceLayout(box, freqs.to(dev), computed.to(dev), mirrored.to(dev), source.to(dev), gather.to(dev))
+
+
+def _corners(rotations: torch.Tensor, freqs: torch.Tensor, size: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear corners of the samples scale * A^T k in a bordered grid [size]^3.
+
+    rotations [n, 3, 3], freqs [P, 3] -> flat indices of the lower corner [n, P] (int64) and
+    fractional offsets [3, n, P] (x, y, z). Coordinate-major layout keeps every op contiguous.
+    """
+    m = size - _LOW - _HIGH
+    # (A^T k)_j = sum_i A_ij k_i
+    coords = torch.einsum("nij,pi->jnp", rotations, freqs.to(rotations.dtype)) * scale + (m // 2 + _LOW)
+    coords = coords.clamp(0, size - 2)
+    base = coords.detach().floor()
+    b = base.long()
+    return (b[2] * size + b[1]) * size + b[0], coords - base
+
+
+def _offsets(size: int, device) -> torch.Tensor:
+    """Flat offsets [8, 1, 1] of the corners, x fastest then y then z."""
+    s2 = size * size
+    return torch.tensor([0, 1, size, size + 1, s2, s2 + 1, s2 + size, s2 + size + 1], device=device)[:, None, None]
+
+
+def _chunks(n: int, points: int) -> list[slice]:
+    step = max(1, _CHUNK_CORNERS // max(1, 8 * points))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _expand(values: torch.Tensor, layout: SliceLayout) -> torch.Tensor:
+    """Half-slice values [n, P] -> full centred images [n, N, N] (conjugate copies, zeros beyond cutoff)."""
+    full = torch.cat([values.new_zeros(values.shape[0], 1), values, values[:, layout.source].conj()], 1)
+    return full[:, layout.gather].reshape(-1, layout.box, layout.box)
+
+
+def _fold(images: torch.Tensor, layout: SliceLayout) -> torch.Tensor:
+    """Adjoint of `_expand`: images [n, N, N] -> half-slice values [n, P]."""
+    flat = images.reshape(images.shape[0], -1)
+    values = flat[:, layout.computed].clone()
+    values[:, layout.source] += flat[:, layout.mirrored].conj()
+    return values
+
+
+def slice_fourier_volume(
+    fvol: torch.Tensor, rotations: torch.Tensor, box: int, cutoff: float | None = None
+) -> torch.Tensor:
+    """Central slices [n, N, N] (centred transforms of the projections) of a `fourier_volume`.
+
+    rotations [n, 3, 3] RELION matrices; `cutoff` in cycles/pixel (pixels beyond it are zero).
+    """
+    size = fvol.shape[-1]
+    scale = (size - _LOW - _HIGH) / box
+    layout = slice_layout(box, cutoff, fvol.device)
+    table = fvol.reshape(-1)
+    offs = _offsets(size, fvol.device)
+    out = []
+    for part in _chunks(rotations.shape[0], layout.freqs.shape[0]):
+        flat, t = _corners(rotations[part], layout.freqs, size, scale)
+        g = table[flat + offs]  # [8, n, P], corners x fastest
+        g = g[0::2] + (g[1::2] - g[0::2]) * t[0]
+        g = g[0::2] + (g[1::2] - g[0::2]) * t[1]
+        out.append(_expand(g[0] + (g[1] - g[0]) * t[2], layout))
+    return torch.cat(out, 0)
+
+
+def backproject_fourier(
+    images: torch.Tensor, rotations: torch.Tensor, size: int, cutoff: float | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Adjoint of `slice_fourier_volume`: centred image transforms [n, N, N] -> bordered grid [size]^3.
+
+    Scatter-adds the same trilinear weights; accumulates into `out` when given (complex [size]^3).
+    """
+    box = images.shape[-1]
+    scale = (size - _LOW - _HIGH) / box
+    layout = slice_layout(box, cutoff, images.device)
+    real = rotations.dtype
+    acc = torch.zeros(size**3, 2, dtype=real, device=images.device) if out is None else torch.view_as_real(out).view(-1, 2)
+    offs = _offsets(size, images.device)
+    for part in _chunks(rotations.shape[0], layout.freqs.shape[0]):
+        flat, t = _corners(rotations[part], layout.freqs, size, scale)
+        vals = torch.view_as_real(_fold(images[part], layout)).to(real)  # [n, P, 2]
+        wx = torch.stack([1 - t[0], t[0]])  # [2, n, P]
+        wy = torch.stack([1 - t[1], t[1]])
+        wz = torch.stack([1 - t[2], t[2]])
+        w = ((wz[:, None, None] * wy[None, :, None]) * wx[None, None, :]).reshape(8, *flat.shape)
+        contrib = (w[..., None] * vals).reshape(-1, 2)
+        acc.index_add_(0, (flat + offs).reshape(-1), contrib.to(acc.dtype))
+    return torch.view_as_complex(acc).view(size, size, size) if out is None else out
+
+
+def project(
+    volume: torch.Tensor,
+    rotations: torch.Tensor,
+    oversample: float = 2.0,
+    cutoff: float | None = None,
+    fourier: bool = False,
+) -> torch.Tensor:
+    """Projections of a map [N, N, N] at rotations [n, 3, 3] -> real images [n, N, N].
+
+    With `fourier=True` returns their centred transforms (as fft2c of the real image) instead.
+    `cutoff` (cycles/pixel) zeroes higher frequencies; `oversample` is the padding factor.
+    """
+    _check_rotations(rotations)
+    F = slice_fourier_volume(fourier_volume(volume, oversample), rotations, volume.shape[-1], cutoff)
+    return F if fourier else ifft2c(F).real
+
+
+def backproject(
+    images: torch.Tensor,
+    rotations: torch.Tensor,
+    oversample: float = 2.0,
+    cutoff: float | None = None,
+    fourier: bool = False,
+) -> torch.Tensor:
+    """Exact adjoint of `project` (same arguments): images [n, N, N] -> map [N, N, N].
+
+    `images` are real images, or centred transforms with `fourier=True` (adjoint for the real
+    inner product Re sum conj(a) b).
+    """
+    _check_rotations(rotations)
+    box = images.shape[-1]
+    F = images if fourier else fft2c(images.to(rotations.dtype)) / box**2
+    m = padded_size(box, oversample)
+    return _crop_backprojection(backproject_fourier(F, rotations, m + _LOW + _HIGH, cutoff), box)
+
+
+def project_real_space(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Reference projector: sum over z of V(A^T (x, y, z)), trilinear, zero outside -> [n, N, N].
+
+    Slow and less accurate than `project`; for tests.
+    """
+    n = volume.shape[-1]
+    k = centered_coords(n, volume.device, volume.dtype)
+    z, y, x = torch.meshgrid(k, k, k, indexing="ij")
+    pts = torch.stack([x, y, z], -1)  # [z, y, x, 3] projection-frame coordinates
+    out = []
+    for A in rotations.to(volume.dtype):
+        r = pts @ A  # A^T p, map coordinates (x, y, z)
+        grid = (r + n // 2) * (2.0 / (n - 1)) - 1
+        v = torch.nn.functional.grid_sample(
+            volume[None, None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        out.append(v[0, 0].sum(0))
+    return torch.stack(out)
+
+
+def _check_rotations(rotations: torch.Tensor) -> None:
+    if rotations.dim() != 3 or rotations.shape[-2:] != (3, 3):
+        raise InvalidValueError(f"rotations must have shape [n, 3, 3], got {tuple(rotations.shape)}")
+
+
+__all__ = [
+    "SliceLayout",
+    "backproject",
+    "backproject_fourier",
+    "fourier_volume",
+    "gridding_correction",
+    "padded_size",
+    "project",
+    "project_real_space",
+    "slice_fourier_volume",
+    "slice_layout",
+]
