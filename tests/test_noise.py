@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import mrcfile
 import numpy as np
 import pytest
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
-from cryoscope.physics.filters import fourier_resize, radial_average
+from cryoscope.physics.filters import fourier_resize, radial_average, radial_to_grid
 from cryoscope.physics.fourier import fft2c
 from cryoscope.physics.noise import (
     add_background_noise,
@@ -64,13 +62,8 @@ def test_coloured_noise_matches_target_spectrum():
     measured = radial_average((F.abs() ** 2).mean(0)) / box**2
     rel = (measured / target - 1)[2:]
     assert float(rel.abs().max()) < 0.05
-    assert float(x.var()) == pytest.approx(float(radial_average_grid_mean(target, box)), rel=0.02)
-
-
-def radial_average_grid_mean(target, box):
-    from cryoscope.physics.filters import radial_to_grid
-
-    return radial_to_grid(target, box).mean()
+    # Per-pixel variance is the mean of P over the grid (Parseval).
+    assert float(x.var()) == pytest.approx(float(radial_to_grid(target, box).mean()), rel=0.02)
 
 
 def test_estimate_noise_spectrum_ignores_particle():
