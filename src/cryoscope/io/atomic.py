@@ -11,6 +11,14 @@ from pathlib import Path
 from cryoscope.errors import InvalidValueError
 
 
+def publish(tmp_path: Path, target: Path) -> None:
+    """Give a finished temporary file the usual permissions (0666 less umask) and rename it to `target`."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
+    os.replace(tmp_path, target)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, protect: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Yield a temporary path; on success rename it to `target`, on error delete it.
@@ -27,7 +35,7 @@ def atomic_path(target: str | Path, protect: tuple[str | Path, ...] = ()) -> Ite
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        publish(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -1,0 +1,1 @@
+"""Synthetic particle datasets from maps or atomic models, with ground truth."""
