@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cryoscope.io.convert import read_metadata, write_metadata
+from cryoscope.io.convert import attach_stack, read_metadata, write_metadata
 
 
 def register(app: typer.Typer) -> None:
@@ -19,9 +19,12 @@ def register(app: typer.Typer) -> None:
         box: int = typer.Option(None, "--box", help="Image box size (pixels) if the input lacks it"),
         ctf: Path = typer.Option(None, "--ctf", help="cryoDRGN CTF .pkl to read with a pose .pkl input"),
         ctf_out: Path = typer.Option(None, "--ctf-out", help="Second output for a cryoDRGN CTF .pkl"),
+        images: Path = typer.Option(None, "--images", help="Particle stack (.mrcs) the cryoDRGN .pkl rows refer to, in order"),
     ) -> None:
         """Convert particle poses and CTF parameters between RELION, cryoSPARC and cryoDRGN."""
         meta = read_metadata(inp, pixel_size=pixel_size, box=box, ctf=ctf)
-        inputs = tuple(p for p in (inp, ctf) if p is not None)
+        if images is not None:
+            meta = attach_stack(meta, images)
+        inputs = tuple(p for p in (inp, ctf, images) if p is not None)
         written = write_metadata(out, meta, star_format=star_format, ctf_out=ctf_out, protect=inputs)
         typer.echo(f"wrote {meta.n} particles to {', '.join(map(str, written))}")

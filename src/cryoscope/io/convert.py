@@ -41,6 +41,21 @@ def read_metadata(path: str | Path, pixel_size: float | None = None, box: int | 
     return meta.with_overrides(box=box)
 
 
+def attach_stack(meta: ParticleMetadata, stack: str | Path) -> ParticleMetadata:
+    """Name image i of `stack` as particle i (cryoDRGN pkls carry no image names); counts must match."""
+    from cryoscope.io.mrc import read_header
+
+    stack = Path(stack)
+    n = read_header(stack).shape[0]
+    if n != meta.n:
+        raise InvalidValueError(f"stack has {n} images but the metadata has {meta.n} particles", stack)
+    out = meta.with_overrides()
+    out.image_names = [(str(stack.resolve()), i) for i in range(n)]
+    if out.box is None:
+        out.box = read_header(stack).shape[2]
+    return out
+
+
 def _box_from_images(meta: ParticleMetadata) -> int | None:
     """Image size from the first referenced stack header, if that file exists."""
     from cryoscope.io.mrc import read_header

@@ -124,7 +124,7 @@ class ParticleMetadata:
         """(absolute path, 0-based index) per particle; MissingDataError if the file names no images."""
         if self.image_names is None:
             raise MissingDataError("no image names (rlnImageName / blob/path) in the file", self.source)
-        return [(p if (p := Path(name)).is_absolute() else self.root / p, i) for name, i in self.image_names]
+        return [(Path(os.path.normpath(Path(self.root) / name)), i) for name, i in self.image_names]
 
     def image_names_relative_to(self, out_dir: Path) -> list[tuple[str, int]]:
         """Image names with relative paths re-expressed relative to `out_dir` (where a new file is written)."""

@@ -103,7 +103,7 @@ def read_map(path: str | Path, voxel_size: float | None = None) -> Map:
         origin = (float(mrc.header.origin.x), float(mrc.header.origin.y), float(mrc.header.origin.z))
     if data.ndim == 2:
         data = data[None]
-    tensor = torch.from_numpy(np.ascontiguousarray(data))
+    tensor = torch.from_numpy(np.array(data, dtype=np.float32, order="C"))
     _check_finite(tensor, "map", path)
     if voxel_size is not None:
         if not voxel_size > 0:
@@ -246,8 +246,9 @@ class ParticleStack:
 
     def __getitem__(self, index) -> torch.Tensor:
         single = isinstance(index, (int, np.integer)) or (torch.is_tensor(index) and index.ndim == 0)
-        rows = np.arange(len(self))[np.asarray(index.cpu() if torch.is_tensor(index) else index)]
-        rows = np.atleast_1d(rows)
+        if torch.is_tensor(index):
+            index = index.cpu().numpy()
+        rows = np.atleast_1d(np.arange(len(self))[index if isinstance(index, slice) else np.asarray(index)])
         out = np.empty((rows.size, self.box, self.box), np.float32)
         fids = self._file_index[rows]
         for fid in np.unique(fids):

@@ -15,6 +15,7 @@ from cryoscope.io.mrc import Map
 
 MOLMAP_SIGMA_FACTOR = 0.225  # Gaussian sigma (Å) per Å of resolution, as ChimeraX molmap (1 / (pi * sqrt(2)))
 _STATES = ("open", "closed")
+_CHARMM_HIS = ("HSD", "HSE", "HSP")
 
 
 def default_structure_path(state: str = "open") -> Path:
@@ -41,7 +42,23 @@ def read_structure(path: str | Path) -> gemmi.Structure:
         raise InputFormatError("no atoms in the model", path)
     for i in range(len(st) - 1, 0, -1):
         del st[i]
+    _fix_polymer_elements(st)
     return st
+
+
+def _fix_polymer_elements(st: gemmi.Structure) -> None:
+    """In amino-acid/nucleotide residues (and for unknown elements) the element is the first letter of the
+    atom name; files without element columns otherwise make gemmi read e.g. a left-aligned Cα as calcium.
+    """
+    for res in (r for ch in st[0] for r in ch):
+        info = gemmi.find_tabulated_residue(res.name)
+        polymer = res.name in _CHARMM_HIS or (info is not None and (info.is_amino_acid() or info.is_nucleic_acid()))
+        for atom in res:
+            if not polymer and atom.element.name != "X":
+                continue
+            first = "Se" if atom.name.upper().startswith("SE") else atom.name.lstrip("0123456789")[:1]
+            if first in ("C", "N", "O", "S", "H", "P", "Se"):
+                atom.element = gemmi.Element(first)
 
 
 def atom_arrays(st: gemmi.Structure, ca_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

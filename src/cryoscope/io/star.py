@@ -198,7 +198,7 @@ def write_star(path: str | Path, meta: ParticleMetadata, version: str = "relion3
         raise InvalidValueError(f"unknown STAR format {version!r} (relion30 or relion31)")
     px = meta.require_pixel_size()
     if meta.image_names is None:
-        raise MissingDataError("no image names to write (rlnImageName is required)", meta.source)
+        raise MissingDataError("no image names to write (rlnImageName is required): give --images STACK.mrcs", meta.source)
     part = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{p}" for p, i in meta.image_names_relative_to(path.parent)]})
     if meta.has_poses:
         e = _np(meta.euler)
