@@ -26,7 +26,7 @@ import torch
 from cryoscope.errors import InvalidValueError
 from cryoscope.physics.fourier import centered_coords
 
-# Gaussians per rendering chunk times box^2 (bounds the [chunk, box, box] intermediate).
+# Bound on the elements of one transient factor ([chunk, box, box] or [chunk, M, box]) in rendering.
 _RENDER_CHUNK = 1 << 24
 
 
@@ -77,19 +77,30 @@ def _rotated_xy(centres: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return torch.einsum(pattern, rotations[:, :2, :].to(centres.dtype), centres)
 
 
+def _per_image(c2: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor, box: int, kernel) -> torch.Tensor:
+    """Sum over Gaussians of separable images, in chunks of particles bounding the [chunk, M, box] factors."""
+    n, m = c2.shape[:2]
+    a = amplitudes.expand(n, -1)
+    s = sigmas.expand(n, -1)
+    chunk = max(1, _RENDER_CHUNK // (m * box))
+    out = []
+    for i in range(0, n, chunk):
+        fy, fx = kernel(c2[i : i + chunk], s[i : i + chunk])
+        out.append(torch.einsum("nm,nmy,nmx->nyx", a[i : i + chunk].to(fx.dtype), fy, fx))
+    return torch.cat(out)
+
+
 def project(
     centres: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor, rotations: torch.Tensor, box: int, pixel_size: float
 ) -> torch.Tensor:
     """Exact projections [n, box, box] (mass per pixel) along z of the mixture rotated by matrices [n, 3, 3]."""
     _check(centres, amplitudes, sigmas)
-    c2 = _rotated_xy(centres, rotations)
-    n = c2.shape[0]
-    a = amplitudes.expand(n, -1)
-    s = sigmas.expand(n, -1)
     x = centered_coords(box, centres.device, centres.dtype) * pixel_size
-    gx = _gauss_1d(x, c2[..., 0], s) * pixel_size
-    gy = _gauss_1d(x, c2[..., 1], s) * pixel_size
-    return torch.einsum("nm,nmy,nmx->nyx", a, gy, gx)
+
+    def kernel(c2, s):
+        return _gauss_1d(x, c2[..., 1], s) * pixel_size, _gauss_1d(x, c2[..., 0], s) * pixel_size
+
+    return _per_image(_rotated_xy(centres, rotations), amplitudes, sigmas, box, kernel)
 
 
 def fourier_slice(
@@ -101,12 +112,10 @@ def fourier_slice(
     Equals fft2c(project(...)) for Gaussians well inside the box and wider than about a pixel.
     """
     _check(centres, amplitudes, sigmas)
-    c2 = _rotated_xy(centres, rotations)
-    n = c2.shape[0]
-    a = amplitudes.expand(n, -1)
-    s = sigmas.expand(n, -1)[..., None]
     k = centered_coords(box, centres.device, centres.dtype) / (box * pixel_size)
-    envelope = torch.exp(-2 * math.pi**2 * s * s * k * k)
-    fx = torch.polar(envelope, -2 * math.pi * c2[..., 0:1] * k)
-    fy = torch.polar(envelope, -2 * math.pi * c2[..., 1:2] * k)
-    return torch.einsum("nm,nmy,nmx->nyx", a.to(fx.dtype), fy, fx)
+
+    def kernel(c2, s):
+        envelope = torch.exp(-2 * math.pi**2 * (s[..., None] * k) ** 2)
+        return (torch.polar(envelope, -2 * math.pi * c2[..., i : i + 1] * k) for i in (1, 0))
+
+    return _per_image(_rotated_xy(centres, rotations), amplitudes, sigmas, box, kernel)
