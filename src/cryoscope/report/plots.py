@@ -1,0 +1,158 @@
+"""Report figures (matplotlib, Agg backend). Each function writes one PNG atomically and returns its path."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from cryoscope.errors import InvalidValueError  # noqa: E402
+from cryoscope.io.atomic import atomic_path  # noqa: E402
+from cryoscope.physics.poses import viewing_directions  # noqa: E402
+
+FSC_THRESHOLDS = (0.143, 0.5)
+
+
+def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().to("cpu", torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+
+
+def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def plot_fsc(
+    path: str | Path,
+    curves: Mapping[str, torch.Tensor | np.ndarray],
+    box: int,
+    voxel_size: float | None = None,
+    title: str = "Fourier shell correlation",
+    dpi: int = 100,
+) -> Path:
+    """Labelled FSC curves (shell i at i / box cycles/pixel) with the 0.143 and 0.5 thresholds.
+
+    With `voxel_size` (Å) a top axis gives the resolution in Å.
+    """
+    if not curves:
+        raise InvalidValueError("plot_fsc: no curves given")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, curve in curves.items():
+        c = _np(curve).reshape(-1)
+        ax.plot(np.arange(c.size) / box, c, label=label, lw=1.5)
+    for t in FSC_THRESHOLDS:
+        ax.axhline(t, color="grey", ls="--", lw=0.8)
+        ax.text(0.005, t + 0.01, f"{t:g}", color="grey", fontsize=8)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlim(0, 0.5)
+    ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
+    ax.set_xlabel("spatial frequency (cycles/pixel)")
+    ax.set_ylabel("FSC")
+    ax.legend(loc="upper right", fontsize=8)
+    if voxel_size is not None:
+        top = ax.twiny()
+        top.set_xlim(ax.get_xlim())
+        ticks = [f for f in ax.get_xticks() if 0 < f <= 0.5]
+        top.set_xticks(ticks)
+        top.set_xticklabels([f"{voxel_size / f:.3g}" for f in ticks])
+        top.set_xlabel("resolution (Å)")
+    ax.set_title(title, fontsize=10, pad=24 if voxel_size is not None else 6)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def direction_angles(R: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(rot, tilt) in degrees of the viewing directions (3rd row of each RELION matrix [..., 3, 3])."""
+    d = _np(viewing_directions(R)).reshape(-1, 3)
+    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
+    return np.degrees(np.arctan2(d[:, 1], d[:, 0])), np.degrees(np.arccos(np.clip(d[:, 2], -1, 1)))
+
+
+def plot_angular_distribution(
+    path: str | Path, R: torch.Tensor, bins: tuple[int, int] = (72, 36), title: str = "Angular distribution", dpi: int = 100
+) -> Path:
+    """2-D histogram of viewing directions in (rot, tilt), as particles per steradian (uniform coverage is flat)."""
+    if R.dim() < 2 or R.shape[-2:] != (3, 3) or R.numel() == 0:
+        raise InvalidValueError(f"plot_angular_distribution: expected rotation matrices [n, 3, 3], got {tuple(R.shape)}")
+    rot, tilt = direction_angles(R)
+    rot_edges = np.linspace(-180, 180, bins[0] + 1)
+    tilt_edges = np.linspace(0, 180, bins[1] + 1)
+    counts, _, _ = np.histogram2d(rot, tilt, bins=(rot_edges, tilt_edges))
+    solid = np.radians(360 / bins[0]) * (np.cos(np.radians(tilt_edges[:-1])) - np.cos(np.radians(tilt_edges[1:])))
+    density = counts / solid[None, :]
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    mesh = ax.pcolormesh(rot_edges, tilt_edges, density.T, cmap="viridis", shading="flat")
+    fig.colorbar(mesh, ax=ax, label="particles / sr")
+    ax.set_xlabel("rot (°)")
+    ax.set_ylabel("tilt (°)")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(180, 0)
+    ax.set_title(f"{title} ({rot.size} views)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def _three_panels(path: str | Path, panels: list[tuple[np.ndarray, str]], title: str, dpi: int) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.4))
+    for ax, (img, label) in zip(axes, panels):
+        ax.imshow(img, cmap="gray", origin="lower", interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def _check_volume(vol: torch.Tensor, what: str) -> np.ndarray:
+    if vol.dim() != 3:
+        raise InvalidValueError(f"{what}: expected a volume [z, y, x], got shape {tuple(vol.shape)}")
+    return _np(vol)
+
+
+def plot_central_slices(path: str | Path, vol: torch.Tensor, title: str = "Central slices", dpi: int = 100) -> Path:
+    """Central sections through N // 2 of a volume [z, y, x]: xy (z = 0), xz (y = 0), yz (x = 0)."""
+    v = _check_volume(vol, "plot_central_slices")
+    cz, cy, cx = (s // 2 for s in v.shape)
+    panels = [(v[cz], "xy (z = 0)"), (v[:, cy, :], "xz (y = 0)"), (v[:, :, cx], "yz (x = 0)")]
+    return _three_panels(path, panels, title, dpi)
+
+
+def plot_projections(path: str | Path, vol: torch.Tensor, title: str = "Projections", dpi: int = 100) -> Path:
+    """Sums of a volume [z, y, x] along z, y and x."""
+    v = _check_volume(vol, "plot_projections")
+    panels = [(v.sum(0), "along z (xy)"), (v.sum(1), "along y (xz)"), (v.sum(2), "along x (yz)")]
+    return _three_panels(path, panels, title, dpi)
+
+
+def plot_montage(
+    path: str | Path, stack: torch.Tensor, k: int = 16, ncols: int | None = None, title: str = "Images", dpi: int = 100
+) -> Path:
+    """Grid of the first `k` images of a stack [n, y, x], each scaled to its own range."""
+    if stack.dim() != 3 or stack.shape[0] == 0:
+        raise InvalidValueError(f"plot_montage: expected a non-empty stack [n, y, x], got shape {tuple(stack.shape)}")
+    imgs = _np(stack[:k])
+    count = imgs.shape[0]
+    ncols = ncols or math.ceil(math.sqrt(count))
+    nrows = math.ceil(count / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.6 * nrows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < count:
+            ax.imshow(imgs[i], cmap="gray", origin="lower", interpolation="nearest")
+            ax.set_title(str(i), fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
