@@ -134,7 +134,7 @@ def nearest_grid_rotation(R: torch.Tensor, grid: torch.Tensor, chunk: int = 4096
     """
     g_flat = grid.reshape(-1, 9).to(R.dtype)
     idx = torch.cat([(r.reshape(-1, 9) @ g_flat.T).argmax(-1) for r in R.split(chunk)]) if R.shape[0] else torch.zeros(0, dtype=torch.long, device=R.device)
-    return geodesic_distance(R, grid[idx].to(R.dtype)), idx
+    return geodesic_distance(R, grid.index_select(0, idx).to(R.dtype)), idx
 
 
 def covering_radius_deg(grid: torch.Tensor, n_samples: int = 4000, generator: torch.Generator | None = None) -> float:
