@@ -122,6 +122,57 @@ def pdb_to_map(
     bfactor: float | None = None,
     center: bool = True,
 ) -> Map:
+    """Electron-scattering density of a model file on a box^3 grid (see `structure_to_map`)."""
+    return structure_to_map(read_structure(path), box, voxel_size, resolution, bfactor, center, source=path)
+
+
+def superpose(mobile: torch.Tensor, reference: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Positions [n, 3] of `mobile` after the weighted least-squares rigid fit onto `reference` (Kabsch)."""
+    w = torch.ones(mobile.shape[0], dtype=mobile.dtype) if weights is None else weights
+    cm, cr = center_of_mass(mobile, w), center_of_mass(reference, w)
+    h = ((mobile - cm) * w[:, None]).T @ (reference - cr)
+    u, _, vt = torch.linalg.svd(h)
+    d = torch.sign(torch.linalg.det(vt.T @ u.T))
+    rot = vt.T @ torch.diag(torch.tensor([1.0, 1.0, float(d)], dtype=mobile.dtype)) @ u.T
+    return (mobile - cm) @ rot.T + cr
+
+
+def interpolated_model_map(
+    first: str | Path,
+    second: str | Path,
+    t: float,
+    box: int,
+    voxel_size: float,
+    resolution: float | None = None,
+    bfactor: float | None = None,
+) -> Map:
+    """Density of the model at fraction `t` in [0, 1] along the straight line from `first` to `second`.
+
+    The two files must list the same atoms in the same order; `second` is first superposed on
+    `first` (mass-weighted Kabsch fit), so the path carries no rigid-body motion.
+    """
+    st1, st2 = read_structure(first), read_structure(second)
+    p1, mass = atom_arrays(st1)
+    p2, _ = atom_arrays(st2)
+    names1 = [(c.residue.seqid.num, c.atom.name) for c in st1[0].all()]
+    names2 = [(c.residue.seqid.num, c.atom.name) for c in st2[0].all()]
+    if names1 != names2:
+        raise InvalidValueError(f"models do not have the same atoms in the same order ({len(names1)} vs {len(names2)} atoms)", second)
+    pos = (1 - t) * p1 + t * superpose(p2, p1, mass)
+    for cra, p in zip(st1[0].all(), pos.tolist()):
+        cra.atom.pos = gemmi.Position(*p)
+    return structure_to_map(st1, box, voxel_size, resolution, bfactor, center=True, source=first)
+
+
+def structure_to_map(
+    st: gemmi.Structure,
+    box: int,
+    voxel_size: float,
+    resolution: float | None = None,
+    bfactor: float | None = None,
+    center: bool = True,
+    source: str | Path | None = None,
+) -> Map:
     """Electron-scattering density of a model on a box^3 grid ([z, y, x] float32, voxel_size Å).
 
     Uses gemmi's DensityCalculatorE (electron form factors, International Tables C 4.3.2.2).
@@ -129,21 +180,19 @@ def pdb_to_map(
     coordinates (Å, map origin at 0). `bfactor` (Å²) replaces every atom's B; `resolution` (Å) adds a
     Gaussian blur of sigma = 0.225 * resolution (ChimeraX molmap), i.e. B = 8 pi^2 sigma^2.
     """
-    path = Path(path)
     if box < 2 or voxel_size <= 0:
         raise InvalidValueError(f"need box >= 2 and voxel size > 0, got box={box}, voxel_size={voxel_size}")
     if resolution is not None and resolution <= 0:
         raise InvalidValueError(f"resolution must be positive, got {resolution}")
     if bfactor is not None and bfactor < 0:
         raise InvalidValueError(f"B-factor must be >= 0, got {bfactor}")
-    st = read_structure(path)
     pos, mass = atom_arrays(st)
     centre_A = (box // 2) * voxel_size
     shift = centre_A - center_of_mass(pos, mass) if center else torch.zeros(3, dtype=torch.float64)
     moved = pos + shift
     extent = float(box * voxel_size)
     if bool((moved < 0).any() or (moved >= extent).any()):
-        raise InvalidValueError(f"model does not fit in a {box}^3 box of {voxel_size:g} Å voxels ({extent:g} Å)", path)
+        raise InvalidValueError(f"model does not fit in a {box}^3 box of {voxel_size:g} Å voxels ({extent:g} Å)", source)
     st.setup_entities()
     for cra in st[0].all():
         a = cra.atom
