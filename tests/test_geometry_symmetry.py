@@ -63,6 +63,8 @@ def _has_axis(G: torch.Tensor, fold: int, axis) -> bool:
         ("O", 3, (1, 1, 1)),
         # RELION's symmetries.cpp axis tables (I = I2 is the default)
         ("I", 2, (0, 0, 1)),
+        ("I2", 2, (1, 0, 0)),
+        ("I2", 2, (0, 1, 0)),
         ("I2", 5, (0.525731114, 0, 0.850650807)),
         ("I2", 3, (0, 0.356822076, 0.934172364)),
         ("I1", 2, (1, 0, 0)),
