@@ -38,6 +38,17 @@ def padded_size(box: int, oversample: float) -> int:
     return max(box, int(round(oversample * box)))
 
 
+def grid_size(box: int, oversample: float) -> int:
+    """Edge of the bordered Fourier grid used by this module: padded size M plus the zero border."""
+    return padded_size(box, oversample) + _LOW + _HIGH
+
+
+def grid_interior(grid: torch.Tensor) -> torch.Tensor:
+    """View of the M^3 centred transform inside a bordered grid [..., M+3, M+3, M+3]."""
+    m = grid.shape[-1] - _LOW - _HIGH
+    return grid[..., _LOW : _LOW + m, _LOW : _LOW + m, _LOW : _LOW + m]
+
+
 def gridding_correction(box: int, padded: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """[N, N, N] real-space transform of the trilinear kernel on an M grid: prod over axes sinc^2(x / M).
 
@@ -64,10 +75,10 @@ def fourier_volume(volume: torch.Tensor, oversample: float = 2.0) -> torch.Tenso
     return torch.nn.functional.pad(fft3c(padded), (_LOW, _HIGH) * 3)
 
 
-def _crop_backprojection(grid: torch.Tensor, box: int) -> torch.Tensor:
+def fourier_volume_adjoint(grid: torch.Tensor, box: int) -> torch.Tensor:
     """Adjoint of `fourier_volume`: bordered complex grid [M+3]^3 -> real map [N, N, N]."""
-    m = grid.shape[-1] - _LOW - _HIGH
-    inner = grid[_LOW : _LOW + m, _LOW : _LOW + m, _LOW : _LOW + m]
+    inner = grid_interior(grid)
+    m = inner.shape[-1]
     real = (ifft3c(inner) * m**3).real
     lo = m // 2 - box // 2
     vol = real[lo : lo + box, lo : lo + box, lo : lo + box]
@@ -145,14 +156,14 @@ def _chunks(n: int, points: int) -> list[slice]:
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def _expand(values: torch.Tensor, layout: SliceLayout) -> torch.Tensor:
+def expand_half_slices(values: torch.Tensor, layout: SliceLayout) -> torch.Tensor:
     """Half-slice values [n, P] -> full centred images [n, N, N] (conjugate copies, zeros beyond cutoff)."""
     full = torch.cat([values.new_zeros(values.shape[0], 1), values, values[:, layout.source].conj()], 1)
     return full[:, layout.gather].reshape(-1, layout.box, layout.box)
 
 
-def _fold(images: torch.Tensor, layout: SliceLayout) -> torch.Tensor:
-    """Adjoint of `_expand`: images [n, N, N] -> half-slice values [n, P]."""
+def fold_half_slices(images: torch.Tensor, layout: SliceLayout) -> torch.Tensor:
+    """Adjoint of `expand_half_slices`: images [n, N, N] -> half-slice values [n, P]."""
     flat = images.reshape(images.shape[0], -1)
     values = flat[:, layout.computed].clone()
     values[:, layout.source] += flat[:, layout.mirrored].conj()
@@ -177,33 +188,46 @@ def slice_fourier_volume(
         g = table[flat + offs]  # [8, n, P], corners x fastest
         g = g[0::2] + (g[1::2] - g[0::2]) * t[0]
         g = g[0::2] + (g[1::2] - g[0::2]) * t[1]
-        out.append(_expand(g[0] + (g[1] - g[0]) * t[2], layout))
+        out.append(expand_half_slices(g[0] + (g[1] - g[0]) * t[2], layout))
     return torch.cat(out, 0)
 
 
-def backproject_fourier(
-    images: torch.Tensor, rotations: torch.Tensor, size: int, cutoff: float | None = None, out: torch.Tensor | None = None
+def scatter_half_slices(
+    values: torch.Tensor,
+    rotations: torch.Tensor,
+    layout: SliceLayout,
+    size: int,
+    out: torch.Tensor,
+    grid_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Adjoint of `slice_fourier_volume`: centred image transforms [n, N, N] -> bordered grid [size]^3.
+    """Trilinear scatter-add of half-slice values [n, P, C] (real channels) into `out` [K * size^3, C].
 
-    Scatter-adds the same trilinear weights; accumulates into `out` when given (complex [size]^3).
+    The transpose of the interpolation in `slice_fourier_volume`. `grid_index` [n] (int) selects
+    which of K stacked grids each particle goes to (e.g. its half-set).
     """
-    box = images.shape[-1]
-    scale = (size - _LOW - _HIGH) / box
-    layout = slice_layout(box, cutoff, images.device)
-    real = rotations.dtype
-    acc = torch.zeros(size**3, 2, dtype=real, device=images.device) if out is None else torch.view_as_real(out).view(-1, 2)
-    offs = _offsets(size, images.device)
+    scale = (size - _LOW - _HIGH) / layout.box
+    offs = _offsets(size, values.device)
     for part in _chunks(rotations.shape[0], layout.freqs.shape[0]):
         flat, t = _corners(rotations[part], layout.freqs, size, scale)
-        vals = torch.view_as_real(_fold(images[part], layout)).to(real)  # [n, P, 2]
+        if grid_index is not None:
+            flat = flat + grid_index[part, None].long() * size**3
         wx = torch.stack([1 - t[0], t[0]])  # [2, n, P]
         wy = torch.stack([1 - t[1], t[1]])
         wz = torch.stack([1 - t[2], t[2]])
         w = ((wz[:, None, None] * wy[None, :, None]) * wx[None, None, :]).reshape(8, *flat.shape)
-        contrib = (w[..., None] * vals).reshape(-1, 2)
-        acc.index_add_(0, (flat + offs).reshape(-1), contrib.to(acc.dtype))
-    return torch.view_as_complex(acc).view(size, size, size) if out is None else out
+        contrib = (w[..., None] * values[part].to(w.dtype)).reshape(-1, values.shape[-1])
+        out.index_add_(0, (flat + offs).reshape(-1), contrib.to(out.dtype))
+    return out
+
+
+def backproject_fourier(
+    images: torch.Tensor, rotations: torch.Tensor, size: int, cutoff: float | None = None
+) -> torch.Tensor:
+    """Adjoint of `slice_fourier_volume`: centred image transforms [n, N, N] -> bordered complex grid [size]^3."""
+    layout = slice_layout(images.shape[-1], cutoff, images.device)
+    acc = torch.zeros(size**3, 2, dtype=rotations.dtype, device=images.device)
+    values = torch.view_as_real(fold_half_slices(images, layout))
+    return torch.view_as_complex(scatter_half_slices(values, rotations, layout, size, acc)).view(size, size, size)
 
 
 def project(
@@ -238,8 +262,7 @@ def backproject(
     _check_rotations(rotations)
     box = images.shape[-1]
     F = images if fourier else fft2c(images.to(rotations.dtype)) / box**2
-    m = padded_size(box, oversample)
-    return _crop_backprojection(backproject_fourier(F, rotations, m + _LOW + _HIGH, cutoff), box)
+    return fourier_volume_adjoint(backproject_fourier(F, rotations, grid_size(box, oversample), cutoff), box)
 
 
 def project_real_space(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
@@ -271,11 +294,17 @@ __all__ = [
     "SliceLayout",
     "backproject",
     "backproject_fourier",
+    "expand_half_slices",
+    "fold_half_slices",
     "fourier_volume",
+    "fourier_volume_adjoint",
+    "grid_interior",
+    "grid_size",
     "gridding_correction",
     "padded_size",
     "project",
     "project_real_space",
+    "scatter_half_slices",
     "slice_fourier_volume",
     "slice_layout",
 ]

@@ -1,1 +1,16 @@
-"""cryoscope.reconstruction"""
+"""Known-pose reconstruction: direct Fourier inversion, least squares by CG, half-maps."""
+
+from cryoscope.reconstruction.batch import ParticleBatch
+from cryoscope.reconstruction.direct import DirectReconstructor, reconstruct_direct, reg_from_fsc
+from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
+from cryoscope.reconstruction.iterative import reconstruct_cg
+
+__all__ = [
+    "DirectReconstructor",
+    "ParticleBatch",
+    "fsc_weighted_average",
+    "random_half_sets",
+    "reconstruct_cg",
+    "reconstruct_direct",
+    "reg_from_fsc",
+]

@@ -1,0 +1,41 @@
+"""Random half-sets and the FSC-weighted combination of half-maps."""
+
+from __future__ import annotations
+
+import torch
+
+from cryoscope.errors import InvalidValueError
+from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
+from cryoscope.validation.fsc import fsc as fourier_shell_correlation
+
+
+def random_half_sets(n: int, seed: int = 0) -> torch.Tensor:
+    """Half-set ids [n] (0/1), a seeded random split into halves of sizes ceil(n/2) and floor(n/2)."""
+    if n < 2:
+        raise InvalidValueError(f"need at least 2 particles to split into half-sets, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(n, dtype=torch.long)
+    ids[torch.randperm(n, generator=g)[(n + 1) // 2 :]] = 1
+    return ids
+
+
+def fsc_weighted_average(
+    half1: torch.Tensor, half2: torch.Tensor, fsc: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average of two half-maps [N, N, N] filtered per shell by sqrt(2 FSC / (1 + FSC)).
+
+    FSC (per shell i at i / N cycles/pixel, [N // 2 + 1]) is computed from the half-maps when not
+    given; negative values count as 0 and frequencies beyond Nyquist are removed.
+    Returns (filtered map, FSC used).
+    """
+    if half1.shape != half2.shape:
+        raise InvalidValueError(f"half-maps differ in shape: {tuple(half1.shape)} vs {tuple(half2.shape)}")
+    n = half1.shape[-1]
+    if fsc is None:
+        fsc = fourier_shell_correlation(half1, half2)
+    f = fsc.to(half1.dtype if half1.is_floating_point() else torch.float64).clamp(0, 1)
+    weight = torch.sqrt(2 * f / (1 + f))
+    table = torch.cat([weight, weight.new_zeros(1)])
+    shell = radial_index_3d(n, half1.device).clamp(max=weight.numel())
+    avg = 0.5 * (half1 + half2)
+    return ifft3c(fft3c(avg) * table[shell]).real, fsc
