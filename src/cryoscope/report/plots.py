@@ -93,7 +93,8 @@ def plot_angular_distribution(
     solid = np.radians(360 / bins[0]) * (np.cos(np.radians(tilt_edges[:-1])) - np.cos(np.radians(tilt_edges[1:])))
     density = counts / solid[None, :]
     fig, ax = plt.subplots(figsize=(7.0, 3.8))
-    mesh = ax.pcolormesh(rot_edges, tilt_edges, density.T, cmap="viridis", shading="flat")
+    vmax = float(np.percentile(density, 99)) or None  # small polar bins would otherwise set the scale
+    mesh = ax.pcolormesh(rot_edges, tilt_edges, density.T, cmap="viridis", shading="flat", vmin=0, vmax=vmax)
     fig.colorbar(mesh, ax=ax, label="particles / sr")
     ax.set_xlabel("rot (°)")
     ax.set_ylabel("tilt (°)")
