@@ -1,0 +1,201 @@
+"""Projection / backprojection throughput of the peers (ASPIRE, cryoDRGN) on CPU threads.
+
+Run with the peer venv (benchmarks/setup_peers.sh), by hand, not in CI:
+  .peers/bin/python benchmarks/peers_bench.py [--threads 2] [--boxes 64 128 256] [--out benchmarks/out/peers.json]
+
+Each measurement runs in its own subprocess, so peak RSS (ru_maxrss) belongs to that measurement alone.
+A measurement repeats one batched call for about `--seconds` (after one warm-up call) and reports images/s.
+Operations (each on random poses, box N, a smooth random map):
+  project      ASPIRE: Volume.project (NUFFT slice + inverse FFT).
+               cryoDRGN: its explicit-volume Fourier-slice projector as used in its code
+               (Lattice coords @ rot, models_ai.VolumeExplicit grid_sample on the Hartley map), then iht2.
+  backproject  ASPIRE: Image.backproject (adjoint of project).
+               cryoDRGN: backproject_voxel's core loop (ht2 of the images, Lattice coords @ rot, add_slice).
+  reconstruct  ASPIRE: MeanEstimator (least squares, CG) on a small noiseless Simulation, `--maxiter` iterations.
+Output JSON schema (shared with ours_bench.py): {"machine": {...}, "results": [{"tool", "op", "box",
+"batch", "calls", "seconds", "images_per_s", "peak_rss_MB", "note"}]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BATCH = {"project": {64: 256, 128: 64, 256: 8}, "backproject": {64: 256, 128: 64, 256: 8}, "reconstruct": {64: 100, 128: 50}}
+
+
+def _random_rotations(n: int, seed: int = 0):
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.random(n, random_state=seed).as_matrix().astype(np.float32)
+
+
+def _smooth_map(n: int):
+    """Sum of Gaussian blobs, [z, y, x] float32."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    c = np.arange(n) - n // 2
+    z, y, x = np.meshgrid(c, c, c, indexing="ij", sparse=True)
+    vol = np.zeros((n, n, n), np.float32)
+    for centre in rng.uniform(-n / 5, n / 5, (8, 3)):
+        vol += np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / (2 * (n / 16) ** 2))
+    return vol
+
+
+def _time(fn, seconds: float) -> tuple[int, float]:
+    """One warm-up call, then repeat until `seconds` have passed; returns (calls, elapsed)."""
+    fn()
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return calls, elapsed
+
+
+def _aspire(op: str, box: int, batch: int, maxiter: int):
+    import numpy as np
+    from aspire.image import Image
+    from aspire.utils import Rotation
+    from aspire.volume import Volume
+
+    vol = Volume(_smooth_map(box))
+    rots = Rotation(_random_rotations(batch))
+    if op == "project":
+        return lambda: vol.project(rots), ""
+    if op == "backproject":
+        imgs = Image(np.random.default_rng(0).standard_normal((batch, box, box)).astype(np.float32))
+        return lambda: imgs.backproject(rots.matrices), ""
+    if op == "reconstruct":
+        from aspire.reconstruction import MeanEstimator
+        from aspire.source import Simulation
+
+        sim = Simulation(L=box, n=batch, vols=vol, offsets=0, amplitudes=1, dtype=np.float32, seed=0)
+        sim = sim.cache()
+
+        def run():
+            MeanEstimator(sim, maxiter=maxiter, checkpoint_iterations=None).estimate()
+
+        return run, f"MeanEstimator maxiter={maxiter}, includes kernel build"
+    raise ValueError(op)
+
+
+def _cryodrgn(op: str, box: int, batch: int, maxiter: int):
+    import torch
+    from cryodrgn import fft
+    from cryodrgn.commands.backproject_voxel import add_slice
+    from cryodrgn.lattice import Lattice
+    from cryodrgn.models_ai import VolumeExplicit
+
+    D = box + 1
+    lattice = Lattice(D, extent=D // 2)
+    rots = torch.from_numpy(_random_rotations(batch))
+    if op == "project":
+        model = VolumeExplicit(D, "hartley", D // 2)
+        with torch.no_grad():
+            vol_ht = fft.htn_center(torch.from_numpy(_smooth_map(box)))
+            sym = torch.zeros((D, D, D))
+            sym[:-1, :-1, :-1] = vol_ht
+            model.volume.copy_(sym / 1e2)
+
+        @torch.no_grad()
+        def run():
+            coords = lattice.coords @ rots  # [B, D*D, 3]
+            slices = model(coords, None).view(batch, D, D)[:, :-1, :-1]
+            return fft.iht2_center(slices)
+
+        return run, "models_ai.VolumeExplicit (repeats the map per image)"
+    if op == "backproject":
+        imgs = torch.randn(batch, box, box)
+        mask = lattice.get_circular_mask(D // 2)
+
+        @torch.no_grad()
+        def run():
+            vol = torch.zeros((D, D, D))
+            counts = torch.zeros((D, D, D))
+            ff = fft.symmetrize_ht(fft.ht2_center(imgs)).view(batch, -1)[:, mask]
+            ff_coord = lattice.coords[mask] @ rots
+            add_slice(vol, counts, ff_coord, ff, D, torch.ones_like(ff))
+            return vol
+
+        return run, "backproject_voxel core loop, full map only"
+    raise ValueError(op)
+
+
+def measure(tool: str, op: str, box: int, threads: int, seconds: float, maxiter: int) -> dict:
+    """One measurement in this process (called in a subprocess by `main`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    batch = BATCH[op][box]
+    fn, note = (_aspire if tool == "aspire" else _cryodrgn)(op, box, batch, maxiter)
+    calls, elapsed = _time(fn, seconds)
+    return {
+        "tool": tool,
+        "op": op,
+        "box": box,
+        "batch": batch,
+        "calls": calls,
+        "seconds": round(elapsed, 3),
+        "images_per_s": round(calls * batch / elapsed, 2),
+        "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "note": note,
+    }
+
+
+def machine(threads: int) -> dict:
+    import torch
+
+    versions = {"torch": torch.__version__}
+    for name in ("aspire", "cryodrgn"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return {"cpu": platform.processor() or platform.machine(), "threads": threads, "python": platform.python_version(), **versions}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--boxes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed duration per measurement")
+    parser.add_argument("--maxiter", type=int, default=10, help="CG iterations for ASPIRE's MeanEstimator")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "peers.json")
+    parser.add_argument("--one", nargs=3, metavar=("TOOL", "OP", "BOX"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        tool, op, box = args.one
+        print(json.dumps(measure(tool, op, int(box), args.threads, args.seconds, args.maxiter)))
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "OPENBLAS_NUM_THREADS": str(args.threads), "NUMBA_NUM_THREADS": str(args.threads)}
+    results = []
+    jobs = [(t, op, b) for op in ("project", "backproject", "reconstruct") for t in ("aspire", "cryodrgn") for b in args.boxes
+            if b in BATCH[op] and not (t == "cryodrgn" and op == "reconstruct")]
+    for tool, op, box in jobs:
+        cmd = [sys.executable, __file__, "--one", tool, op, str(box), "--threads", str(args.threads),
+               "--seconds", str(args.seconds), "--maxiter", str(args.maxiter)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            row = {"tool": tool, "op": op, "box": box, "error": proc.stderr.strip().splitlines()[-1]}
+        else:
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine(args.threads), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
