@@ -17,6 +17,7 @@ inner product Re sum conj(a) b.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -185,28 +186,31 @@ def slice_fourier_volume(
     out = []
     for part in _chunks(rotations.shape[0], layout.freqs.shape[0]):
         flat, t = _corners(rotations[part], layout.freqs, size, scale)
-        g = table[flat + offs]  # [8, n, P], corners x fastest
-        g = g[0::2] + (g[1::2] - g[0::2]) * t[0]
-        g = g[0::2] + (g[1::2] - g[0::2]) * t[1]
-        out.append(expand_half_slices(g[0] + (g[1] - g[0]) * t[2], layout))
+        g = table.index_select(0, (flat + offs).reshape(-1))  # corners x fastest
+        g = torch.view_as_real(g).view(8, *flat.shape, 2)
+        t = t[..., None].to(g.dtype)
+        g = torch.lerp(g[0::2], g[1::2], t[0])
+        g = torch.lerp(g[0::2], g[1::2], t[1])
+        vals = torch.lerp(g[0], g[1], t[2])
+        out.append(expand_half_slices(torch.view_as_complex(vals.contiguous()), layout))
     return torch.cat(out, 0)
 
 
 def scatter_half_slices(
-    values: torch.Tensor,
+    targets: Sequence[tuple[torch.Tensor, torch.Tensor]],
     rotations: torch.Tensor,
     layout: SliceLayout,
     size: int,
-    out: torch.Tensor,
     grid_index: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Trilinear scatter-add of half-slice values [n, P, C] (real channels) into `out` [K * size^3, C].
+) -> None:
+    """Trilinear scatter-add of half-slice values into flat grids, in place.
 
-    The transpose of the interpolation in `slice_fourier_volume`. `grid_index` [n] (int) selects
-    which of K stacked grids each particle goes to (e.g. its half-set).
+    `targets`: pairs (values [n, P] real or complex, out [K * size^3] of the same kind); every pair
+    uses the same trilinear weights, the transpose of the interpolation in `slice_fourier_volume`.
+    `grid_index` [n] (int) selects which of K stacked grids each particle goes to (e.g. its half-set).
     """
     scale = (size - _LOW - _HIGH) / layout.box
-    offs = _offsets(size, values.device)
+    offs = _offsets(size, rotations.device)
     for part in _chunks(rotations.shape[0], layout.freqs.shape[0]):
         flat, t = _corners(rotations[part], layout.freqs, size, scale)
         if grid_index is not None:
@@ -215,9 +219,9 @@ def scatter_half_slices(
         wy = torch.stack([1 - t[1], t[1]])
         wz = torch.stack([1 - t[2], t[2]])
         w = ((wz[:, None, None] * wy[None, :, None]) * wx[None, None, :]).reshape(8, *flat.shape)
-        contrib = (w[..., None] * values[part].to(w.dtype)).reshape(-1, values.shape[-1])
-        out.index_add_(0, (flat + offs).reshape(-1), contrib.to(out.dtype))
-    return out
+        idx = (flat + offs).reshape(-1)
+        for values, out in targets:
+            out.index_add_(0, idx, (w * values[part]).reshape(-1).to(out.dtype))
 
 
 def backproject_fourier(
@@ -225,9 +229,10 @@ def backproject_fourier(
 ) -> torch.Tensor:
     """Adjoint of `slice_fourier_volume`: centred image transforms [n, N, N] -> bordered complex grid [size]^3."""
     layout = slice_layout(images.shape[-1], cutoff, images.device)
-    acc = torch.zeros(size**3, 2, dtype=rotations.dtype, device=images.device)
-    values = torch.view_as_real(fold_half_slices(images, layout))
-    return torch.view_as_complex(scatter_half_slices(values, rotations, layout, size, acc)).view(size, size, size)
+    cdtype = torch.complex64 if rotations.dtype == torch.float32 else torch.complex128
+    acc = torch.zeros(size**3, dtype=cdtype, device=images.device)
+    scatter_half_slices([(fold_half_slices(images, layout).to(cdtype), acc)], rotations, layout, size)
+    return acc.view(size, size, size)
 
 
 def project(

@@ -3,7 +3,7 @@
 For every particle the phase-corrected, CTF-multiplied transform CTF · T_o F is scattered into a
 padded 3-D Fourier grid with the transpose of the projector's trilinear interpolation, and CTF²
 into a weight grid. The map is F = num / (weight + reg) (Wiener), inverse transformed, cropped and
-divided by the gridding correction. Grids hold (Re, Im, weight) per voxel per half-set:
+divided by the gridding correction. Grids hold a complex numerator and a real weight per voxel per half-set:
 12 bytes x (2N + 3)^3 x 2 half-sets in float32 (about 420 MB at N = 128).
 """
 
@@ -48,20 +48,20 @@ class DirectReconstructor:
         self.dtype = dtype
         self.device = torch.device(device)
         self.layout = slice_layout(box, cutoff, self.device)
-        self.grids = torch.zeros(n_halves * self.size**3, 3, dtype=dtype, device=self.device)
+        complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        self.num = torch.zeros(n_halves * self.size**3, dtype=complex_dtype, device=self.device)
+        self.weight = torch.zeros(n_halves * self.size**3, dtype=dtype, device=self.device)
         self.count = torch.zeros(n_halves, dtype=torch.long)
 
     def add(self, batch: ParticleBatch) -> None:
         """Scatter one batch (its `half` ids choose the grid; all to grid 0 when None)."""
         if batch.images.shape[-1] != self.box:
             raise InvalidValueError(f"particle box {batch.images.shape[-1]} differs from reconstruction box {self.box}")
-        complex_dtype = torch.complex64 if self.dtype == torch.float32 else torch.complex128
-        F = batch.corrected_transforms(self.dtype).to(self.device, complex_dtype)
-        ctf2 = None if batch.ctf is None else batch.ctf.to(self.device, self.dtype) ** 2
-        num = torch.view_as_real(fold_half_slices(F, self.layout))  # [n, P, 2]
-        if ctf2 is None:
+        F = batch.corrected_transforms(self.dtype).to(self.device, self.num.dtype)
+        if batch.ctf is None:
             ctf2 = torch.ones(F.shape, dtype=self.dtype, device=self.device)
-        wt = fold_half_slices(ctf2, self.layout)[..., None]  # [n, P, 1]
+        else:
+            ctf2 = batch.ctf.to(self.device, self.dtype) ** 2
         half = batch.half
         if half is not None:
             if half.min() < 0 or half.max() >= self.n_halves:
@@ -70,8 +70,8 @@ class DirectReconstructor:
             self.count += torch.bincount(half.cpu().long(), minlength=self.n_halves)
         else:
             self.count[0] += F.shape[0]
-        rot = batch.rotations.to(self.device, self.dtype)
-        scatter_half_slices(torch.cat([num, wt], -1), rot, self.layout, self.size, self.grids, half)
+        targets = [(fold_half_slices(F, self.layout), self.num), (fold_half_slices(ctf2, self.layout), self.weight)]
+        scatter_half_slices(targets, batch.rotations.to(self.device, self.dtype), self.layout, self.size, half)
 
     def add_all(self, batches: Iterable[ParticleBatch]) -> "DirectReconstructor":
         """Stream an iterable of batches; returns self."""
@@ -84,11 +84,10 @@ class DirectReconstructor:
 
         `half` selects one half-set; None sums all.
         """
-        g = self.grids.view(self.n_halves, self.size, self.size, self.size, 3)
-        g = g.sum(0) if half is None else g[half]
-        g = grid_interior(g.movedim(-1, 0))
-        num = torch.complex(g[0], g[1])
-        return _hermitian_sum(num), _hermitian_sum(g[2]).real
+        shape = (self.n_halves, self.size, self.size, self.size)
+        num, wt = self.num.view(shape), self.weight.view(shape)
+        num, wt = (num.sum(0), wt.sum(0)) if half is None else (num[half], wt[half])
+        return _hermitian_sum(grid_interior(num)), _hermitian_sum(grid_interior(wt))
 
     def volume(self, half: int | None = None, reg: float | torch.Tensor | None = None) -> torch.Tensor:
         """Map [N, N, N] from num / (weight + reg).
