@@ -26,7 +26,7 @@ class Representation(Protocol):
 
 
 def origins_in_pixels(
-    box: int, n: int, origins_px: torch.Tensor | None, origins_angst: torch.Tensor | None, pixel_size: float
+    n: int, origins_px: torch.Tensor | None, origins_angst: torch.Tensor | None, pixel_size: float
 ) -> torch.Tensor | None:
     """Per-particle origins [n, 2] (x, y) in pixels from either pixels or Å (divided by `pixel_size`)."""
     if origins_px is not None and origins_angst is not None:
@@ -62,7 +62,7 @@ class ImageFormation(torch.nn.Module):
         n, box = F.shape[0], F.shape[-1]
         if ctf is not None:
             F = F * _check_ctf(ctf, n, box)
-        o = origins_in_pixels(box, n, origins_px, origins_angst, rep.voxel_size)
+        o = origins_in_pixels(n, origins_px, origins_angst, rep.voxel_size)
         if o is not None:
             F = translate(F, -o)
         return F if fourier else ifft2c(F).real
@@ -80,7 +80,7 @@ class ImageFormation(torch.nn.Module):
         """Adjoint of `forward` with respect to the representation's parameters (real inner product)."""
         n, box = images.shape[0], images.shape[-1]
         F = images if fourier else fft2c(images.to(rotations.dtype)) / box**2
-        o = origins_in_pixels(box, n, origins_px, origins_angst, rep.voxel_size)
+        o = origins_in_pixels(n, origins_px, origins_angst, rep.voxel_size)
         if o is not None:
             F = translate(F, o)
         if ctf is not None:

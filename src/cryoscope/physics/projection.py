@@ -244,7 +244,8 @@ def project(
 ) -> torch.Tensor:
     """Projections of a map [N, N, N] at rotations [n, 3, 3] -> real images [n, N, N].
 
-    With `fourier=True` returns their centred transforms (as fft2c of the real image) instead.
+    With `fourier=True` returns their centred transforms instead (equal to fft2c of the real image
+    except, for even N, on the unpaired Nyquist row and column, which are interpolated directly).
     `cutoff` (cycles/pixel) zeroes higher frequencies; `oversample` is the padding factor.
     """
     _check_rotations(rotations)
