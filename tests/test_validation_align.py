@@ -24,8 +24,10 @@ def _gaussians(centres: torch.Tensor, widths: torch.Tensor, amps: torch.Tensor) 
 
 @pytest.fixture(scope="module")
 def model():
-    g = torch.Generator().manual_seed(3)
-    centres = torch.randn(6, 3, generator=g) * 2.5  # asymmetric and chiral, well inside the box
+    # asymmetric, well inside the box; six blobs are only weakly chiral (the mirror image, best rotated,
+    # also correlates at > 0.99), so the hand must be decided after local refinement
+    g = torch.Generator().manual_seed(5)
+    centres = torch.randn(6, 3, generator=g) * 2.5
     widths = torch.rand(6, generator=g) + 1.0
     amps = torch.rand(6, generator=g) + 0.5
     return centres, widths, amps
@@ -52,8 +54,8 @@ def test_alignment_recovers_rotation_and_shift(model):
 
 def test_alignment_recovers_hand_and_fsc(model):
     reference = _gaussians(*model)
-    R0 = random_rotations(1, torch.Generator().manual_seed(12))[0]
-    s0 = torch.tensor([-2.0, 1.0, 1.5])
+    R0 = random_rotations(1, torch.Generator().manual_seed(21))[0]
+    s0 = torch.tensor([1.5, -2.0, 1.0])
     mirrored = flip_hand(_moved(model, R0, s0))
     result = fsc_after_alignment(mirrored, reference, voxel_size=2.0)
     al = result.alignment

@@ -6,7 +6,8 @@ M'(r) = M(R^T (r - s)) with r and s in voxels (x, y, z) about the box centre N /
 Search: (1) global, over a uniform random set of rotations and both hands, on low-pass filtered,
 Fourier-cropped maps, with the best translation of each rotation from an FFT cross-correlation;
 (2) local, L-BFGS on (axis-angle, shift) through the differentiable trilinear resampling,
-first on the cropped maps for the best few distinct candidates, then on the full (or `refine_box`) maps.
+first on the cropped maps for the best few distinct candidates of each hand (the hand is decided
+after refinement), then on the full (or `refine_box`) maps.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Alignment(NamedTuple):
     R: torch.Tensor  # [3, 3]
     shift: torch.Tensor  # [3] voxels (x, y, z)
     flipped: bool
-    cc: float  # real-space correlation with the reference after alignment
+    cc: float  # real-space correlation with the reference after alignment (at refine_box in `align_maps`)
 
 
 class AlignedFSC(NamedTuple):
@@ -94,13 +95,11 @@ def _global_search(
     return torch.cat(scores), torch.cat(shifts)
 
 
-def _distinct_top(scores: torch.Tensor, rotations: torch.Tensor, hands: torch.Tensor, k: int, min_deg: float) -> list[int]:
-    """Indices of the `k` best scores whose rotations (same hand) differ by more than `min_deg` degrees."""
+def _distinct_top(scores: torch.Tensor, rotations: torch.Tensor, k: int, min_deg: float) -> list[int]:
+    """Indices of the `k` best scores whose rotations differ pairwise by more than `min_deg` degrees."""
     picked: list[int] = []
     for i in torch.argsort(scores, descending=True).tolist():
-        if all(
-            hands[i] != hands[j] or float(geodesic_distance(rotations[i], rotations[j])) > min_deg for j in picked
-        ):
+        if all(float(geodesic_distance(rotations[i], rotations[j])) > min_deg for j in picked):
             picked.append(i)
             if len(picked) == k:
                 break
@@ -154,40 +153,32 @@ def align_maps(
         raise InvalidValueError(f"align: expected two cubic maps of the same size, got {tuple(vol.shape)} and {tuple(reference.shape)}")
     if not (torch.isfinite(vol).all() and torch.isfinite(reference).all()):
         raise InvalidValueError("align: maps contain NaN or Inf")
+    if n_rotations < 1 or n_candidates < 1 or coarse_box < 4 or refine_box < 4:
+        raise InvalidValueError("align: n_rotations and n_candidates must be >= 1, coarse_box and refine_box >= 4")
     n = vol.shape[-1]
     dtype = vol.dtype if vol.dtype == torch.float64 else torch.float32
     vol, reference = vol.to(dtype), reference.to(dtype)
     hands = [False, True] if flip else [False]
     sources = {h: flip_hand(vol) if h else vol for h in hands}
 
-    # global search on cropped, low-passed maps
+    # global search on cropped, low-passed maps, then local refinement of the best distinct
+    # candidates of each hand (still on the cropped maps)
     m = min(n, coarse_box)
     sigma = m / 4
     ref_small = _lowpass(_resize(reference, m), sigma)
     small = {h: _lowpass(_resize(src, m), sigma) for h, src in sources.items()}
     rotations = random_rotations(n_rotations, torch.Generator().manual_seed(seed), torch.float64).to(vol.device, dtype)
-    found = [_global_search(small[h], ref_small, rotations, chunk) for h in hands]
-    scores = torch.cat([f[0] for f in found])
-    shifts = torch.cat([f[1] for f in found])
-    rots = rotations.repeat(len(hands), 1, 1)
-    hand_of = torch.tensor(hands, device=vol.device).repeat_interleave(n_rotations)
-
-    # local refinement of the best distinct candidates on the cropped maps
-    best: tuple[float, bool, torch.Tensor, torch.Tensor] | None = None
-    for i in _distinct_top(scores, rots, hand_of, n_candidates, min_deg=20.0):
-        h = bool(hand_of[i])
-        R, s, cc = _refine(small[h], ref_small, rots[i], shifts[i], iterations=40)
-        if best is None or cc > best[0]:
-            best = (cc, h, R, s)
-    assert best is not None
-    _, h, R, s = best
+    refined = []
+    for h in hands:
+        scores, shifts = _global_search(small[h], ref_small, rotations, chunk)
+        for i in _distinct_top(scores, rotations, n_candidates, min_deg=20.0):
+            refined.append((*_refine(small[h], ref_small, rotations[i], shifts[i], iterations=40), h))
+    R, s, _, h = max(refined, key=lambda c: c[2])
 
     # final refinement at (up to) refine_box
     b = min(n, refine_box)
-    R, s_b, _ = _refine(_resize(sources[h], b), _resize(reference, b), R, s * b / m, iterations=60)
-    shift = s_b * n / b
-    final_cc = float(cross_correlation(apply_alignment(vol, Alignment(R, shift, h, 0.0)), reference))
-    return Alignment(R, shift, h, final_cc)
+    R, s_b, cc = _refine(_resize(sources[h], b), _resize(reference, b), R, s * b / m, iterations=60)
+    return Alignment(R, s_b * n / b, h, cc)
 
 
 def fsc_after_alignment(
@@ -196,15 +187,19 @@ def fsc_after_alignment(
     voxel_size: float | None = None,
     mask: torch.Tensor | None = None,
     flip: bool = True,
+    oversample: int = 2,
     **search,
 ) -> AlignedFSC:
     """Align `vol` onto `reference` (`align_maps`), then the FSC and resolutions (0.5, 0.143) with the reference.
 
-    voxel_size in Å (resolutions in Å are None without it); `mask` is a soft mask applied to both maps for the FSC.
+    voxel_size in Å (resolutions in Å are None without it); `mask` is a soft mask applied to both maps for the FSC;
+    `oversample` as in `apply_alignment` (memory grows as oversample^3).
     """
     alignment = align_maps(vol, reference, flip=flip, **search)
-    aligned = apply_alignment(vol.to(alignment.R.dtype), alignment)
-    curve = fsc(aligned, reference.to(aligned.dtype), mask)
+    aligned = apply_alignment(vol.to(alignment.R.dtype), alignment, oversample)
+    reference = reference.to(aligned.dtype)
+    alignment = alignment._replace(cc=float(cross_correlation(aligned, reference)))
+    curve = fsc(aligned, reference, mask)
     n = vol.shape[-1]
     return AlignedFSC(
         aligned,
