@@ -4,7 +4,8 @@ Run with the peer venv (benchmarks/setup_peers.sh), by hand, not in CI:
   .peers/bin/python benchmarks/peers_bench.py [--threads 2] [--boxes 64 128 256] [--out benchmarks/out/peers.json]
 
 Each measurement runs in its own subprocess, so peak RSS (ru_maxrss) belongs to that measurement alone.
-A measurement repeats one batched call for about `--seconds` (after one warm-up call) and reports images/s.
+A measurement repeats one batched call for about `--seconds` (after one warm-up call, at least 3 calls)
+and reports images/s of the fastest call (robust to other load on a shared machine) and of the median call.
 Operations (each on random poses, box N, a smooth random map):
   project      ASPIRE: Volume.project (NUFFT slice + inverse FFT).
                cryoDRGN: its explicit-volume Fourier-slice projector as used in its code
@@ -13,7 +14,7 @@ Operations (each on random poses, box N, a smooth random map):
                cryoDRGN: backproject_voxel's core loop (ht2 of the images, Lattice coords @ rot, add_slice).
   reconstruct  ASPIRE: MeanEstimator (least squares, CG) on a small noiseless Simulation, `--maxiter` iterations.
 Output JSON schema (shared with ours_bench.py): {"machine": {...}, "results": [{"tool", "op", "box",
-"batch", "calls", "seconds", "images_per_s", "peak_rss_MB", "note"}]}.
+"batch", "calls", "seconds", "images_per_s" (fastest call), "images_per_s_median", "peak_rss_MB", "note"}]}.
 """
 
 from __future__ import annotations
@@ -51,16 +52,15 @@ def _smooth_map(n: int):
     return vol
 
 
-def _time(fn, seconds: float) -> tuple[int, float]:
-    """One warm-up call, then repeat until `seconds` have passed; returns (calls, elapsed)."""
+def _time(fn, seconds: float) -> list[float]:
+    """One warm-up call, then repeat until `seconds` have passed (at least 3 calls); returns per-call seconds."""
     fn()
-    calls, t0 = 0, time.perf_counter()
-    while True:
+    times, t_end = [], time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
         fn()
-        calls += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds:
-            return calls, elapsed
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def _aspire(op: str, box: int, batch: int, maxiter: int):
@@ -139,15 +139,16 @@ def measure(tool: str, op: str, box: int, threads: int, seconds: float, maxiter:
     torch.set_num_threads(threads)
     batch = BATCH[op][box]
     fn, note = (_aspire if tool == "aspire" else _cryodrgn)(op, box, batch, maxiter)
-    calls, elapsed = _time(fn, seconds)
+    times = _time(fn, seconds)
     return {
         "tool": tool,
         "op": op,
         "box": box,
         "batch": batch,
-        "calls": calls,
-        "seconds": round(elapsed, 3),
-        "images_per_s": round(calls * batch / elapsed, 2),
+        "calls": len(times),
+        "seconds": round(sum(times), 3),
+        "images_per_s": round(batch / min(times), 2),
+        "images_per_s_median": round(batch / sorted(times)[len(times) // 2], 2),
         "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "note": note,
     }

@@ -1,0 +1,162 @@
+"""cryoscope's projection / backprojection throughput, the same operations as peers_bench.py.
+
+Run with the project venv, by hand, not in CI:
+  /tmp/tv/bin/python benchmarks/ours_bench.py [--threads 2] [--boxes 64 128 256] [--out benchmarks/out/ours.json]
+Then `python benchmarks/compare.py` writes benchmarks/RESULTS.md.
+
+Operations (random rotations, box N, the same smooth map as peers_bench.py, float32, CPU):
+  project      physics.projection.project (pad x2, FFT of the map, trilinear slice, inverse FFT) per call.
+  project_slice  the same with the padded map transform precomputed (fourier_volume once; per call
+               slice_fourier_volume + ifft2c): the analogue of cryoDRGN's precomputed Hartley map.
+  backproject  physics.projection.backproject (its exact adjoint).
+  direct       reconstruction.direct.DirectReconstructor.add (CTF-weighted Fourier gridding of a batch,
+               sums and weights, one half-set): the analogue of cryoDRGN backproject_voxel's loop.
+  reconstruct  reconstruction.iterative.reconstruct_cg, `--maxiter` CG iterations on noiseless
+               projections of the map (the analogue of ASPIRE's MeanEstimator).
+Each measurement runs in its own subprocess (peak RSS per measurement); at least 3 timed calls after a warm-up,
+images/s of the fastest and of the median call; same JSON schema as peers_bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BATCH = {
+    "project": {64: 256, 128: 64, 256: 8},
+    "project_slice": {64: 256, 128: 64, 256: 8},
+    "backproject": {64: 256, 128: 64, 256: 8},
+    "direct": {64: 256, 128: 64, 256: 8},
+    "reconstruct": {64: 100, 128: 50},
+}
+
+
+def _random_rotations(n: int, seed: int = 0):
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    return torch.from_numpy(Rotation.random(n, random_state=seed).as_matrix()).float()
+
+
+def _smooth_map(n: int):
+    """Sum of Gaussian blobs, [z, y, x] float32 (same as peers_bench.py)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    c = np.arange(n) - n // 2
+    z, y, x = np.meshgrid(c, c, c, indexing="ij", sparse=True)
+    vol = np.zeros((n, n, n), np.float32)
+    for centre in rng.uniform(-n / 5, n / 5, (8, 3)):
+        vol += np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / (2 * (n / 16) ** 2))
+    return torch.from_numpy(vol)
+
+
+def _time(fn, seconds: float) -> list[float]:
+    """One warm-up call, then repeat until `seconds` have passed (at least 3 calls); returns per-call seconds."""
+    fn()
+    times, t_end = [], time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _operation(op: str, box: int, batch: int, maxiter: int):
+    import torch
+
+    from cryoscope.physics.fourier import ifft2c
+    from cryoscope.physics.projection import backproject, fourier_volume, project, slice_fourier_volume
+    from cryoscope.reconstruction.batch import ParticleBatch
+    from cryoscope.reconstruction.direct import DirectReconstructor
+    from cryoscope.reconstruction.iterative import reconstruct_cg
+
+    vol = _smooth_map(box)
+    rots = _random_rotations(batch)
+    if op == "project":
+        return lambda: project(vol, rots), "oversample 2, includes the map FFT"
+    if op == "project_slice":
+        fvol = fourier_volume(vol, 2.0)
+        return lambda: ifft2c(slice_fourier_volume(fvol, rots, box)).real, "oversample 2, map FFT precomputed"
+    if op == "backproject":
+        imgs = torch.randn(batch, box, box)
+        return lambda: backproject(imgs, rots), "oversample 2, exact adjoint"
+    if op == "direct":
+        particles = ParticleBatch(torch.randn(batch, box, box), rots, torch.zeros(batch, 2), torch.ones(batch, box, box))
+        rec = DirectReconstructor(box, n_halves=1)
+        return lambda: rec.add(particles), "DirectReconstructor.add, CTF given, 1 half-set"
+    if op == "reconstruct":
+        particles = [ParticleBatch(project(vol, rots), rots)]
+        return lambda: reconstruct_cg(particles, box, n_iter=maxiter, tol=0.0), f"reconstruct_cg n_iter={maxiter}"
+    raise ValueError(op)
+
+
+def measure(op: str, box: int, threads: int, seconds: float, maxiter: int) -> dict:
+    """One measurement in this process (called in a subprocess by `main`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    batch = BATCH[op][box]
+    fn, note = _operation(op, box, batch, maxiter)
+    with torch.no_grad():
+        times = _time(fn, seconds)
+    return {
+        "tool": "cryoscope",
+        "op": op,
+        "box": box,
+        "batch": batch,
+        "calls": len(times),
+        "seconds": round(sum(times), 3),
+        "images_per_s": round(batch / min(times), 2),
+        "images_per_s_median": round(batch / sorted(times)[len(times) // 2], 2),
+        "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "note": note,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--boxes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed duration per measurement")
+    parser.add_argument("--maxiter", type=int, default=10, help="CG iterations for reconstruct")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "ours.json")
+    parser.add_argument("--one", nargs=2, metavar=("OP", "BOX"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        op, box = args.one
+        print(json.dumps(measure(op, int(box), args.threads, args.seconds, args.maxiter)))
+        return
+    import torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    results = []
+    for op in BATCH:
+        for box in args.boxes:
+            if box not in BATCH[op]:
+                continue
+            cmd = [sys.executable, __file__, "--one", op, str(box), "--threads", str(args.threads),
+                   "--seconds", str(args.seconds), "--maxiter", str(args.maxiter)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                row = {"tool": "cryoscope", "op": op, "box": box, "error": proc.stderr.strip().splitlines()[-1]}
+            else:
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    info = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+            "python": platform.python_version(), "torch": torch.__version__}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": info, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
