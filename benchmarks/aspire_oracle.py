@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import tempfile
 import time
@@ -184,12 +185,15 @@ def main() -> None:
         args.star, args.truth = make_synthetic(Path(tempfile.mkdtemp(prefix="aspire_oracle_")))
     elif args.star is None or args.truth is None:
         parser.error("give STAR and TRUTH, or --selftest")
+    args.star, args.truth = args.star.resolve(), args.truth.resolve()
+    out = None if args.out is None else args.out.resolve()
+    os.chdir(tempfile.mkdtemp(prefix="aspire_oracle_run_"))  # ASPIRE writes logs/ and CG checkpoints into the cwd
     result = run_oracle(args.star, args.truth, args.n, args.maxiter, args.pixel_size)
     summary = {k: v for k, v in result.items() if k != "fsc"}
     print(json.dumps(summary, indent=1))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

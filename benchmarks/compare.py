@@ -22,6 +22,16 @@ PAIRS = [
 ]
 
 
+NOTES = """
+Notes: batches are 256 / 64 / 8 images at box 64 / 128 / 256, so fixed per-call costs weigh most at 256.
+ASPIRE's project/backproject pay a 3-D NUFFT of the map (2x oversampled grid) on every call, and
+cryoscope's `project`/`backproject` pay the padded (2x) 3-D FFT of the map every call (at 256 about 4 s
+and ~5 GB peak RSS); `project_slice` precomputes it, as cryoDRGN's projector precomputes its Hartley map.
+cryoDRGN's `VolumeExplicit` copies the whole map once per image inside `grid_sample`. Timings on a
+shared machine vary between runs (single calls up to 8x); see benchmarks/README.md.
+"""
+
+
 def _index(path: Path) -> tuple[dict, dict]:
     data = json.loads(path.read_text())
     rows = {(r["tool"], r["op"], r["box"]): r for r in data["results"] if "error" not in r}
@@ -33,11 +43,14 @@ def peer_table(peers_json: Path) -> str:
     machine, rows = _index(peers_json)
     lines = [
         f"Machine: {json.dumps(machine)}\n",
-        "| tool | operation | box | batch | img/s | peak RSS MB | note |",
-        "|---|---|---|---|---|---|---|",
+        "| tool | operation | box | batch | img/s (fastest call) | img/s (median call) | peak RSS MB | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (tool, op, box), r in sorted(rows.items()):
-        lines.append(f"| {tool} | {op} | {box} | {r['batch']} | {r['images_per_s']:.1f} | {r['peak_rss_MB']:.0f} | {r['note']} |")
+        median = r.get("images_per_s_median", float("nan"))
+        lines.append(
+            f"| {tool} | {op} | {box} | {r['batch']} | {r['images_per_s']:.1f} | {median:.1f} | {r['peak_rss_MB']:.0f} | {r['note']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -62,7 +75,8 @@ def table(peers_json: Path, ours_json: Path) -> str:
             )
     head = (
         f"Peers: {json.dumps(peer_machine)}  \nOurs: {json.dumps(our_machine)}  \n"
-        "Ratio = cryoscope images/s ÷ peer images/s. Peak RSS is per measurement process (includes imports).\n\n"
+        "img/s from the fastest of >= 3 timed calls (the machine may be shared); ratio = cryoscope img/s ÷ peer img/s. "
+        "Peak RSS is per measurement process (includes imports).\n\n"
     )
     return head + "\n".join(lines) + "\n"
 
@@ -76,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     text = "# Benchmarks: cryoscope vs peers (CPU)\n\n## Peers\n\n" + peer_table(args.peers)
     if args.ours.exists():
-        text += "\n## cryoscope vs peers\n\n" + table(args.peers, args.ours)
+        text += "\n## cryoscope vs peers\n\n" + table(args.peers, args.ours) + NOTES
     if args.oracle.exists():
         o = json.loads(args.oracle.read_text())
         text += (

@@ -143,7 +143,7 @@ def main() -> None:
         for box in args.boxes:
             if box not in BATCH[op]:
                 continue
-            cmd = [sys.executable, __file__, "--one", op, str(box), "--threads", str(args.threads),
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--one", op, str(box), "--threads", str(args.threads),
                    "--seconds", str(args.seconds), "--maxiter", str(args.maxiter)]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:

@@ -26,6 +26,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -177,6 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         tool, op, box = args.one
+        os.chdir(tempfile.mkdtemp(prefix="peers_bench_"))  # ASPIRE writes logs/ and checkpoints into the cwd
         print(json.dumps(measure(tool, op, int(box), args.threads, args.seconds, args.maxiter)))
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
@@ -185,7 +187,7 @@ def main() -> None:
     jobs = [(t, op, b) for op in ("project", "backproject", "reconstruct") for t in ("aspire", "cryodrgn") for b in args.boxes
             if b in BATCH[op] and not (t == "cryodrgn" and op == "reconstruct")]
     for tool, op, box in jobs:
-        cmd = [sys.executable, __file__, "--one", tool, op, str(box), "--threads", str(args.threads),
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", tool, op, str(box), "--threads", str(args.threads),
                "--seconds", str(args.seconds), "--maxiter", str(args.maxiter)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
