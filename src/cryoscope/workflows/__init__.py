@@ -1,0 +1,1 @@
+"""Workflows: engines, validation and reports composed into the jobs the CLI runs."""
