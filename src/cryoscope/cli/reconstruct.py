@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import typer
@@ -34,7 +33,6 @@ def register(app: typer.Typer) -> None:
             meta = meta.with_overrides(pixel_size=pixel_size)
         use_ctf = ctf
         if ctf and not meta.has_ctf:
-            warnings.warn(f"{star}: no CTF columns; reconstructing without CTF correction", stacklevel=1)
             typer.echo(f"warning: {star}: no CTF columns; reconstructing without CTF correction", err=True)
             use_ctf = False
         stack = meta.images()
