@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import torch
 
@@ -122,36 +123,60 @@ class CTFParams:
         return self.defocus_u.device
 
 
-def ctf_at(params: CTFParams, kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
-    """CTF of each particle at frequencies (kx, ky) in 1/Å of any shape S -> [n, *S]."""
-    shape = (len(params),) + (1,) * kx.dim()
+def _gamma_basis(kx: torch.Tensor, ky: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened frequency terms [5, m] (u2, kx^2 - ky^2, 2 kx ky, u2^2, 1) and u2 [m] for `_ctf_from_basis`.
+
+    u2 cos(2 phi) = kx^2 - ky^2 and u2 sin(2 phi) = 2 kx ky, so no atan2 or cos is evaluated per pixel.
+    """
+    kx, ky = kx.reshape(-1), ky.reshape(-1)
+    u2 = kx * kx + ky * ky
+    return torch.stack([u2, kx * kx - ky * ky, 2 * kx * ky, u2 * u2, torch.ones_like(u2)]), u2
+
+
+@lru_cache(maxsize=16)
+def _grid_basis(box: int, pixel_size: float, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_gamma_basis` of the centred box x box grid in 1/Å, cached per (box, pixel size, device, dtype)."""
+    k = freq_grid_2d(box, device, dtype) / (box * pixel_size)
+    return _gamma_basis(k[..., 0], k[..., 1])
+
+
+def _ctf_from_basis(params: CTFParams, basis: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """CTF [n, m] from the [5, m] basis: gamma is one [n, 5] @ [5, m] product, then sin and the envelope."""
+    dtype = basis.dtype
 
     def p(name: str) -> torch.Tensor:
-        return getattr(params, name).to(kx.dtype).reshape(shape)
+        return getattr(params, name).to(dtype)
 
     lam = electron_wavelength(p("voltage"))
     k1 = math.pi * lam
     k2 = 0.5 * math.pi * p("cs") * 1e7 * lam**3
     q = p("amplitude_contrast")
     k3 = torch.atan(q / torch.sqrt(1 - q * q))
-    k4 = -p("bfactor") / 4
     k5 = torch.deg2rad(p("phase_shift"))
     df_avg = -(p("defocus_u") + p("defocus_v")) / 2
     df_dev = -(p("defocus_u") - p("defocus_v")) / 2
-    u2 = kx * kx + ky * ky
-    phi = torch.atan2(ky, kx)
-    df = df_avg + df_dev * torch.cos(2 * (phi - torch.deg2rad(p("defocus_angle"))))
-    gamma = k1 * df * u2 + k2 * u2 * u2 - k5 - k3
-    return -p("scale") * torch.sin(gamma) * torch.exp(k4 * u2)
+    two_a = 2 * torch.deg2rad(p("defocus_angle"))
+    # gamma = K1 (df_avg u2 + df_dev (cos 2a u2 cos 2phi + sin 2a u2 sin 2phi)) + K2 u2^2 - K5 - K3
+    coeffs = torch.stack([k1 * df_avg, k1 * df_dev * torch.cos(two_a), k1 * df_dev * torch.sin(two_a), k2, -(k5 + k3)], 1)
+    out = torch.sin(coeffs @ basis)
+    bfactor = p("bfactor")
+    if bool((bfactor != 0).any()):
+        return out.mul_(torch.exp(torch.outer(-bfactor / 4, u2)).mul_(-p("scale")[:, None]))
+    return out.mul_(-p("scale")[:, None])
+
+
+def ctf_at(params: CTFParams, kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
+    """CTF of each particle at frequencies (kx, ky) in 1/Å of any shape S -> [n, *S]."""
+    basis, u2 = _gamma_basis(kx, ky)
+    return _ctf_from_basis(params, basis, u2).reshape((len(params),) + tuple(kx.shape))
 
 
 def compute_ctf(params: CTFParams, box: int, pixel_size: float, dtype: torch.dtype | None = None) -> torch.Tensor:
     """CTF images [n, box, box] on the centred Fourier grid (k = (index - box // 2) / (box * pixel_size) 1/Å)."""
     if pixel_size <= 0:
         raise InvalidValueError(f"pixel size must be positive, got {pixel_size} Å")
-    dtype = dtype or params.defocus_u.dtype
-    k = freq_grid_2d(box, params.device, dtype) / (box * pixel_size)
-    return ctf_at(params, k[..., 0], k[..., 1])
+    basis, u2 = _grid_basis(int(box), float(pixel_size), params.device, dtype or params.defocus_u.dtype)
+    return _ctf_from_basis(params, basis, u2).reshape(len(params), box, box)
 
 
 def phase_flip(F_img: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
