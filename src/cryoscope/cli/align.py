@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(line)
         typer.echo(f"wrote {out}")
         if json_out is not None:
-            from cryoscope.validation.metrics import write_metrics_json
+            from cryoscope.io.runinfo import write_metrics_json
 
             write_metrics_json(
                 json_out,

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         from cryoscope.device import resolve_device
         from cryoscope.io.mrc import read_map
         from cryoscope.io.star import read_star
-        from cryoscope.validation.metrics import write_metrics_json, write_params_json
+        from cryoscope.io.runinfo import write_metrics_json, write_params_json
         from cryoscope.workflows.reconstruct import reconstruct_known_poses, write_reconstruction
 
         meta = read_star(star, pixel_size=pixel_size)

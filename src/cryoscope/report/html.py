@@ -11,7 +11,7 @@ from typing import Any
 
 from cryoscope.errors import InputFormatError, MissingDataError
 from cryoscope.io.atomic import atomic_path
-from cryoscope.validation.metrics import to_jsonable
+from cryoscope.io.runinfo import to_jsonable
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

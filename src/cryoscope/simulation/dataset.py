@@ -27,7 +27,7 @@ from cryoscope.physics.forward import ImageFormation
 from cryoscope.representations.voxel import VoxelMap
 from cryoscope.simulation import draws
 from cryoscope.simulation.config import SimulationConfig
-from cryoscope.validation.metrics import write_metrics_json, write_params_json
+from cryoscope.io.runinfo import write_metrics_json, write_params_json
 
 
 @dataclass

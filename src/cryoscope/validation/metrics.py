@@ -1,19 +1,13 @@
-"""Scalar validation metrics (map correlation, clustering agreement) and the run-output JSON files."""
+"""Scalar validation metrics: map correlation and clustering agreement (NMI, ARI)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.io.atomic import atomic_path
 
 
 def cross_correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, ndim: int = 3) -> torch.Tensor:
@@ -79,41 +73,3 @@ def adjusted_rand_index(labels_a, labels_b) -> float:
     if maximum == expected:
         return 1.0
     return float((index - expected) / (maximum - expected))
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert tensors, numpy values, paths, dataclasses and tuples to plain JSON values (non-finite floats -> None)."""
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray | np.generic):
-        return to_jsonable(obj.tolist())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, bool | int | str):
-        return obj
-    raise InvalidValueError(f"cannot write a value of type {type(obj).__name__} to JSON")
-
-
-def _write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    text = json.dumps(to_jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> Path:
-    """Write a run's metrics.json atomically (tensors and numpy values become plain numbers/lists)."""
-    return _write_json(path, metrics)
-
-
-def write_params_json(path: str | Path, params: Mapping[str, Any]) -> Path:
-    """Write a run's params.json atomically (the inputs and options that produced the outputs)."""
-    return _write_json(path, params)
