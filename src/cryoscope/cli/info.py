@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from cryoscope.errors import InputFormatError
+from cryoscope.errors import CryoscopeError, InputFormatError
 
 
 def describe(path: Path) -> list[str]:
@@ -56,10 +56,14 @@ def _describe_star(path: Path) -> list[str]:
     from cryoscope.io.star import read_star, read_star_blocks
 
     blocks = read_star_blocks(path)
-    meta = read_star(path)
-    lines = [f"file: {path}", "type: RELION STAR", f"particles: {meta.n}"]
-    for name, df in blocks.items():
-        lines.append(f"block data_{name} ({len(df)} rows): {', '.join(df.columns)}")
+    lines = [f"file: {path}", "type: RELION STAR"]
+    block_lines = [f"block data_{name} ({len(df)} rows): {', '.join(df.columns)}" for name, df in blocks.items()]
+    try:
+        meta = read_star(path)
+    except CryoscopeError as err:  # still show the layout, then say why it cannot be used
+        return lines + block_lines + [f"not usable as particle metadata: {str(err).removeprefix(f'{path}: ')}"]
+    lines.append(f"particles: {meta.n}")
+    lines += block_lines
     groups = sorted(set(meta.optics_group.tolist()))
     lines.append(f"optics groups: {len(groups)}")
     if meta.pixel_size is None:
