@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
+from cryoscope.io.files import existing_file
 from cryoscope.io.atomic import atomic_path
 from cryoscope.io.metadata import ParticleMetadata
 
@@ -43,11 +44,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def load_pkl(path: str | Path) -> np.ndarray | tuple[np.ndarray, ...]:
     """Load a numpy array or tuple of arrays from a pickle without executing arbitrary code."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingDataError("file not found", path)
-    if path.stat().st_size == 0:
-        raise InputFormatError("empty file", path)
+    path = existing_file(path)
     try:
         with open(path, "rb") as fh:
             obj = _NumpyOnlyUnpickler(fh).load()

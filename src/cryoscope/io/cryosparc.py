@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
+from cryoscope.io.files import existing_file
 from cryoscope.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from cryoscope.io.atomic import atomic_path
 from cryoscope.io.metadata import ParticleMetadata
@@ -24,11 +25,7 @@ _KNOWN_PREFIXES = ("blob/", "ctf/", "alignments3D/")
 
 def load_cs(path: str | Path) -> np.ndarray:
     """The structured array of a .cs file; InputFormatError if it is not one."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingDataError("file not found", path)
-    if path.stat().st_size == 0:
-        raise InputFormatError("empty file", path)
+    path = existing_file(path)
     try:
         with open(path, "rb") as fh:
             arr = np.load(fh, allow_pickle=False)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
+from cryoscope.io.files import existing_file
 from cryoscope.io.atomic import atomic_path
 
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
@@ -40,10 +41,7 @@ class MrcHeader:
 
 def _open(path: Path, mmap: bool = False, header_only: bool = False):
     """Open an MRC file permissively, turning every defect into a one-line InputFormatError."""
-    if not path.exists():
-        raise MissingDataError("file not found", path)
-    if path.stat().st_size == 0:
-        raise InputFormatError("empty file", path)
+    path = existing_file(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -10,7 +10,8 @@ import gemmi
 import numpy as np
 import torch
 
-from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
+from cryoscope.errors import InputFormatError, InvalidValueError
+from cryoscope.io.files import existing_file
 from cryoscope.io.mrc import Map
 
 MOLMAP_SIGMA_FACTOR = 0.225  # Gaussian sigma (Å) per Å of resolution, as ChimeraX molmap (1 / (pi * sqrt(2)))
@@ -27,11 +28,7 @@ def default_structure_path(state: str = "open") -> Path:
 
 def read_structure(path: str | Path) -> gemmi.Structure:
     """First model of a PDB/mmCIF file, without waters; InputFormatError if it has no atoms."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingDataError("file not found", path)
-    if path.stat().st_size == 0:
-        raise InputFormatError("empty file", path)
+    path = existing_file(path)
     try:
         st = gemmi.read_structure(str(path))
     except Exception as err:

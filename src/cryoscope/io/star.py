@@ -11,6 +11,7 @@ import starfile
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
+from cryoscope.io.files import existing_file
 from cryoscope.io.atomic import atomic_path
 from cryoscope.io.metadata import ParticleMetadata
 
@@ -26,10 +27,7 @@ MAGNIFICATION_30 = 10000.0  # RELION 3.0 output: pixel size = rlnDetectorPixelSi
 
 def read_star_blocks(path: Path) -> dict[str, pd.DataFrame]:
     """All loop blocks of a STAR file; InputFormatError for empty or unparsable files."""
-    if not path.exists():
-        raise MissingDataError("file not found", path)
-    if path.stat().st_size == 0:
-        raise InputFormatError("empty file", path)
+    path = existing_file(path)
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as err:
