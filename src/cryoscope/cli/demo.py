@@ -20,10 +20,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate adenylate kinase particles, reconstruct them and write report.html with FSC against truth."""
         from cryoscope.device import resolve_device
+        from cryoscope.simulation.config import SimulationConfig
         from cryoscope.workflows.demo import DemoConfig, run_demo
 
-        metrics = run_demo(out, DemoConfig(n_particles=n_particles, box=box, voxel_size=voxel_size, snr=snr, seed=seed),
-                           device=resolve_device(device))
+        sim = SimulationConfig(n_particles=n_particles, snr=snr, max_shift=3.0, seed=seed)
+        metrics = run_demo(out, DemoConfig(box=box, voxel_size=voxel_size, simulation=sim), device=resolve_device(device))
         typer.echo(f"report: {out / 'report.html'}")
         typer.echo(
             f"FSC vs truth 0.5: {metrics['truth_fsc_0.5_A']:.2f} Å ({metrics['truth_fsc_0.5_cycles_per_pixel']:.3f} cycles/pixel); "

@@ -8,7 +8,7 @@ folder holds the maps, half-maps, the STAR file, metrics.json, params.json, PNG 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,16 +25,11 @@ from cryoscope.workflows.reconstruct import reconstruct_known_poses, write_recon
 
 @dataclass
 class DemoConfig:
-    """Size of the demo dataset (box in pixels, voxel size in Å, SNR as a ratio, defocus in Å)."""
+    """The demo dataset: box (pixels), voxel size (Å) and the simulation (5,000 particles, SNR 0.1, shifts ±3 px)."""
 
-    n_particles: int = 5000
     box: int = 64
     voxel_size: float = 1.5
-    snr: float = 0.1
-    defocus_min: float = 10000.0
-    defocus_max: float = 30000.0
-    max_shift: float = 3.0
-    seed: int = 0
+    simulation: SimulationConfig = field(default_factory=lambda: SimulationConfig(n_particles=5000, snr=0.1, max_shift=3.0))
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig, device: torch.device | str = "cpu", progress: bool = True) -> dict:
@@ -45,16 +40,13 @@ def run_demo(out_dir: str | Path, config: DemoConfig, device: torch.device | str
     write_params_json(out / "params.json", {"command": "demo", **asdict(config), "device": str(device)})
 
     truth = pdb_to_map(default_structure_path("open"), config.box, config.voxel_size)
-    sim_cfg = SimulationConfig(
-        n_particles=config.n_particles, snr=config.snr, defocus_min=config.defocus_min,
-        defocus_max=config.defocus_max, max_shift=config.max_shift, seed=config.seed,
-    )
-    data = simulate([truth], sim_cfg, out / "particles", map_names=["truth"], device=device, progress=progress)
+    sim = config.simulation
+    data = simulate([truth], sim, out / "particles", map_names=["truth"], device=device, progress=progress)
     t_sim = time.perf_counter() - t0
 
     meta = read_star(data.star)
     stack = meta.images()
-    result = reconstruct_known_poses(meta, stack, seed=config.seed, device=device, reference=truth.data, progress=progress)
+    result = reconstruct_known_poses(meta, stack, seed=sim.seed, device=device, reference=truth.data, progress=progress)
     paths = write_reconstruction(result, out)
     t_rec = time.perf_counter() - t0 - t_sim
 
@@ -69,7 +61,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig, device: torch.device | str
     metrics = {
         **result.metrics,
         "noise_std": data.noise_std,
-        "snr": config.snr,
+        "snr": sim.snr,
         "simulate_seconds": t_sim,
         "reconstruct_seconds": t_rec,
     }
@@ -77,8 +69,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig, device: torch.device | str
     sections = [
         ReportSection(
             "Dataset",
-            f"{config.n_particles} particles of adenylate kinase (PDB 4AKE), box {config.box}, {config.voxel_size} Å/pixel, "
-            f"SNR {config.snr}, defocus {config.defocus_min / 1e4:g}–{config.defocus_max / 1e4:g} µm, shifts up to ±{config.max_shift:g} px.",
+            f"{sim.n_particles} particles of adenylate kinase (PDB 4AKE), box {config.box}, {config.voxel_size} Å/pixel, "
+            f"SNR {sim.snr}, defocus {sim.defocus_min / 1e4:g}–{sim.defocus_max / 1e4:g} µm, shifts up to ±{sim.max_shift:g} px.",
             figures=[ReportFigure(figures["montage"], "The first simulated particles."),
                      ReportFigure(figures["angles"], "Viewing directions (particles per steradian).")],
         ),
