@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         mask: Path = typer.Option(None, "--mask", help="Soft mask (MRC, values in [0, 1]) for the FSC"),
         voxel_size: float = typer.Option(None, "--voxel-size", help="Voxel size (Å), overrides the headers"),
         n_rotations: int = typer.Option(3000, "--n-rotations", help="Random rotations in the global search"),
+        seed: int = typer.Option(0, "--seed", help="Random seed of the global rotation search"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         json_out: Path = typer.Option(None, "--json", help="Write the transform, FSC and resolutions as JSON"),
     ) -> None:
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
         weights = None if mask is None else read_mask(mask, m.data.shape, vs).to(dev)
         result = fsc_after_alignment(
             m.data.to(dev), ref.data.to(dev), vs, weights, flip=flip,
-            oversample=2 if box <= _OVERSAMPLE_MAX_BOX else 1, n_rotations=n_rotations,
+            oversample=2 if box <= _OVERSAMPLE_MAX_BOX else 1, n_rotations=n_rotations, seed=seed,
         )
         al = result.alignment
         R = al.R.double().cpu()
