@@ -67,6 +67,11 @@ def run_oracle(star: Path, truth: Path, n_images: int | None, maxiter: int, pixe
     if ref.shape != vol.shape:
         raise SystemExit(f"{truth}: truth map shape {ref.shape} differs from the images' box {vol.shape}")
     n = ref.shape[0]
+    # ASPIRE's CTF is -Q at k = 0 (cryoDRGN's sign), RELION's +Q: on RELION-convention data (ours) ASPIRE's
+    # mean volume comes out with inverted contrast. Score it with the sign that matches the truth, and say so.
+    inverted = float(np.vdot(vol, ref)) < 0
+    if inverted:
+        vol = -vol
     fsc = fsc_curve(vol, ref)
     return {
         "star": str(star),
@@ -75,6 +80,7 @@ def run_oracle(star: Path, truth: Path, n_images: int | None, maxiter: int, pixe
         "box": n,
         "pixel_size_A": float(src.pixel_size),
         "maxiter": maxiter,
+        "contrast_inverted": inverted,
         "seconds": round(seconds, 2),
         "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "fsc_0.5_cycles_per_pixel": round(crossing(fsc, n, 0.5), 4),

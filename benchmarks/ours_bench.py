@@ -13,6 +13,10 @@ Operations (random rotations, box N, the same smooth map as peers_bench.py, floa
                sums and weights, one half-set): the analogue of cryoDRGN backproject_voxel's loop.
   reconstruct  reconstruction.iterative.reconstruct_cg, `--maxiter` CG iterations on noiseless
                projections of the map (the analogue of ASPIRE's MeanEstimator).
+  project_disc project with cutoff=0.5: only |k| <= Nyquist (the corners of the square are zero).
+Accuracy (after the timing, so peak RSS is the timed operation's): benchmarks/accuracy.py's analytic blob map;
+projections: relative error against the exact line integrals (16 images); backproject: against the exact adjoint
+(8 / 2 / 1 images); direct and reconstruct: relative error and FSC 0.5 of the map from the batch's exact projections.
 Each measurement runs in its own subprocess (peak RSS per measurement); at least 3 timed calls after a warm-up,
 images/s of the fastest and of the median call; same JSON schema as peers_bench.py.
 """
@@ -29,8 +33,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 BATCH = {
     "project": {64: 256, 128: 64, 256: 8},
+    "project_disc": {64: 256, 128: 64, 256: 8},
     "project_slice": {64: 256, 128: 64, 256: 8},
     "backproject": {64: 256, 128: 64, 256: 8},
     "direct": {64: 256, 128: 64, 256: 8},
@@ -83,6 +90,8 @@ def _operation(op: str, box: int, batch: int, maxiter: int):
     rots = _random_rotations(batch)
     if op == "project":
         return lambda: project(vol, rots), "oversample 2, includes the map FFT"
+    if op == "project_disc":
+        return lambda: project(vol, rots, cutoff=0.5), "oversample 2, includes the map FFT, |k| <= 0.5 (Nyquist disc)"
     if op == "project_slice":
         fvol = fourier_volume(vol, 2.0)
         return lambda: ifft2c(slice_fourier_volume(fvol, rots, box)).real, "oversample 2, map FFT precomputed"
@@ -99,6 +108,47 @@ def _operation(op: str, box: int, batch: int, maxiter: int):
     raise ValueError(op)
 
 
+ACC_IMAGES = {64: 8, 128: 2, 256: 1}  # images for the (slow, numpy) analytic backprojection reference
+
+
+def _accuracy(op: str, box: int, batch: int, maxiter: int) -> dict:
+    """Error of the operation on benchmarks/accuracy.py's blob map against its analytic reference."""
+    import numpy as np
+    import torch
+
+    import accuracy as acc
+    from cryoscope.physics.fourier import ifft2c
+    from cryoscope.physics.projection import backproject, fourier_volume, project, slice_fourier_volume
+    from cryoscope.reconstruction.batch import ParticleBatch
+    from cryoscope.reconstruction.direct import DirectReconstructor
+    from cryoscope.reconstruction.iterative import reconstruct_cg
+
+    vol = torch.from_numpy(acc.blob_map(box)).float()
+    rots = _random_rotations(batch, seed=1)
+    R = rots.double().numpy()
+    if op in ("project", "project_disc", "project_slice"):
+        m = min(batch, 16)
+        if op == "project_slice":
+            imgs = ifft2c(slice_fourier_volume(fourier_volume(vol, 2.0), rots[:m], box)).real
+        else:
+            imgs = project(vol, rots[:m], cutoff=0.5 if op == "project_disc" else None)
+        return acc.best_convention(imgs.numpy(), R[:m], box)
+    if op == "backproject":
+        m = ACC_IMAGES[box]
+        err, scale = acc.rel_error(backproject(torch.from_numpy(acc.projections(box, R[:m])).float(), rots[:m]).numpy(),
+                                   acc.backprojection(box, R[:m]))
+        return {"rel_error": err, "scale": scale, "convention": "A=R"}
+    imgs = torch.from_numpy(acc.projections(box, R)).float()
+    if op == "direct":
+        rec = DirectReconstructor(box, n_halves=1)
+        rec.add(ParticleBatch(imgs, rots, torch.zeros(batch, 2), torch.ones(batch, box, box)))
+        out = rec.volume().numpy()
+    else:
+        out = reconstruct_cg([ParticleBatch(imgs, rots)], box, n_iter=maxiter, tol=0.0).numpy()
+    err, scale = acc.rel_error(out, acc.blob_map(box))
+    return {"rel_error": err, "scale": scale, "fsc_0.5": acc.fsc_05(out, acc.blob_map(box)), "convention": "A=R"}
+
+
 def measure(op: str, box: int, threads: int, seconds: float, maxiter: int) -> dict:
     """One measurement in this process (called in a subprocess by `main`)."""
     import torch
@@ -108,6 +158,8 @@ def measure(op: str, box: int, threads: int, seconds: float, maxiter: int) -> di
     fn, note = _operation(op, box, batch, maxiter)
     with torch.no_grad():
         times = _time(fn, seconds)
+        rss = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        accuracy = _accuracy(op, box, batch, maxiter)
     return {
         "tool": "cryoscope",
         "op": op,
@@ -117,8 +169,9 @@ def measure(op: str, box: int, threads: int, seconds: float, maxiter: int) -> di
         "seconds": round(sum(times), 3),
         "images_per_s": round(batch / min(times), 2),
         "images_per_s_median": round(batch / sorted(times)[len(times) // 2], 2),
-        "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_MB": rss,
         "note": note,
+        "accuracy": accuracy,
     }
 
 

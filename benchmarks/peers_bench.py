@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 BATCH = {"project": {64: 256, 128: 64, 256: 8}, "backproject": {64: 256, 128: 64, 256: 8}, "reconstruct": {64: 100, 128: 50}}
 
 
@@ -133,6 +135,102 @@ def _cryodrgn(op: str, box: int, batch: int, maxiter: int):
     raise ValueError(op)
 
 
+ACC_IMAGES = {64: 8, 128: 2, 256: 1}  # images for the (slow, numpy) analytic backprojection reference
+
+
+def _best_volume(out_fn, box: int, R, ref_fn):
+    """Smallest error over A = R / R^T (images drawn with A, the tool given R), images and volume transposed or not.
+
+    out_fn(A, transpose_images) runs the tool on acc.projections(box, A); ref_fn(A) is the matching reference.
+    """
+    import numpy as np
+
+    import accuracy as acc
+
+    best = None
+    for name, rots in (("A=R", R), ("A=R^T", np.transpose(R, (0, 2, 1)))):
+        ref = ref_fn(rots)
+        for timg in (False, True):
+            vol = out_fn(rots, timg)
+            for tvol in (False, True):
+                err, scale = acc.rel_error(vol.transpose(2, 1, 0) if tvol else vol, ref)
+                if best is None or err < best["rel_error"]:
+                    best = {"rel_error": err, "scale": scale, "vol": vol.transpose(2, 1, 0) if tvol else vol,
+                            "convention": name + (", image^T" if timg else "") + (", map [x,y,z]" if tvol else "")}
+    return best
+
+
+def _accuracy(tool: str, op: str, box: int, batch: int, maxiter: int) -> dict:
+    """Error of the operation on benchmarks/accuracy.py's blob map against its analytic reference."""
+    import numpy as np
+    import torch
+
+    import accuracy as acc
+
+    R = _random_rotations(batch, seed=1).astype(np.float64)
+    vol64 = acc.blob_map(box)
+    if tool == "aspire":
+        from aspire.image import Image
+        from aspire.utils import Rotation
+        from aspire.volume import Volume
+
+        if op == "project":
+            m = min(batch, 16)
+            return acc.best_convention(Volume(vol64.astype(np.float32)).project(Rotation(R[:m].astype(np.float32))).asnumpy(), R[:m], box)
+        if op == "backproject":
+            m = ACC_IMAGES[box]
+
+            def out(A, timg):
+                y = acc.projections(box, A[:m])
+                y = np.transpose(y, (0, 2, 1)) if timg else y
+                return Image(y.astype(np.float32)).backproject(R[:m].astype(np.float32)).asnumpy()[0]
+
+            best = _best_volume(out, box, R, lambda A: acc.backprojection(box, A[:m]))
+            best.pop("vol")
+            return best
+        from aspire.reconstruction import MeanEstimator
+        from aspire.source import Simulation
+
+        sim = Simulation(L=box, n=batch, vols=Volume(vol64.astype(np.float32)), offsets=0, amplitudes=1,
+                         dtype=np.float32, seed=0).cache()
+        out = MeanEstimator(sim, maxiter=maxiter, checkpoint_iterations=None).estimate().asnumpy()[0]
+        err, scale = acc.rel_error(out, vol64)
+        return {"rel_error": err, "scale": scale, "fsc_0.5": acc.fsc_05(out, vol64),
+                "convention": "ASPIRE Simulation images (its NUFFT projector)"}
+    from cryodrgn import fft
+    from cryodrgn.commands.backproject_voxel import add_slice, regularize_volume
+    from cryodrgn.lattice import Lattice
+    from cryodrgn.models_ai import VolumeExplicit
+
+    D = box + 1
+    lattice = Lattice(D, extent=D // 2)
+    if op == "project":
+        m = min(batch, 16)
+        model = VolumeExplicit(D, "hartley", D // 2)
+        with torch.no_grad():
+            sym = torch.zeros((D, D, D))
+            sym[:-1, :-1, :-1] = fft.htn_center(torch.from_numpy(vol64).float())
+            model.volume.copy_(sym / 1e2)
+            coords = lattice.coords @ torch.from_numpy(R[:m]).float()
+            imgs = fft.iht2_center(model(coords, None).view(m, D, D)[:, :-1, :-1])
+        return acc.best_convention(imgs.numpy(), R[:m], box)
+    mask = lattice.get_circular_mask(D // 2)
+
+    def out(A, timg):
+        y = acc.projections(box, A)
+        y = np.transpose(y, (0, 2, 1)) if timg else y
+        vol, counts = torch.zeros((D, D, D)), torch.zeros((D, D, D))
+        ff = fft.symmetrize_ht(fft.ht2_center(torch.from_numpy(y).float())).view(batch, -1)[:, mask]
+        add_slice(vol, counts, lattice.coords[mask] @ torch.from_numpy(R).float(), ff, D, torch.ones_like(ff))
+        counts[counts == 0] = 1
+        return regularize_volume(vol, counts, 1.0).numpy()
+
+    best = _best_volume(out, box, R, lambda A: vol64)
+    best["fsc_0.5"] = acc.fsc_05(best.pop("vol"), vol64)
+    best["convention"] += "; map from vol / counts (reg-weight 1), as backproject_voxel"
+    return best
+
+
 def measure(tool: str, op: str, box: int, threads: int, seconds: float, maxiter: int) -> dict:
     """One measurement in this process (called in a subprocess by `main`)."""
     import torch
@@ -141,6 +239,9 @@ def measure(tool: str, op: str, box: int, threads: int, seconds: float, maxiter:
     batch = BATCH[op][box]
     fn, note = (_aspire if tool == "aspire" else _cryodrgn)(op, box, batch, maxiter)
     times = _time(fn, seconds)
+    rss = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    with torch.no_grad():
+        accuracy = _accuracy(tool, op, box, batch, maxiter)
     return {
         "tool": tool,
         "op": op,
@@ -150,8 +251,9 @@ def measure(tool: str, op: str, box: int, threads: int, seconds: float, maxiter:
         "seconds": round(sum(times), 3),
         "images_per_s": round(batch / min(times), 2),
         "images_per_s_median": round(batch / sorted(times)[len(times) // 2], 2),
-        "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_MB": rss,
         "note": note,
+        "accuracy": accuracy,
     }
 
 
