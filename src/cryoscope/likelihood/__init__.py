@@ -1,0 +1,1 @@
+"""Likelihood engine: per-shell noise model, batched pose scoring with marginalisation, EM refinement."""
