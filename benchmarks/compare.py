@@ -19,7 +19,6 @@ HERE = Path(__file__).parent
 PAIRS = [
     ("project", "aspire", "project"),
     ("project_disc", "aspire", "project"),
-    ("project", "cryodrgn", "project"),
     ("project_slice", "cryodrgn", "project"),
     ("backproject", "aspire", "backproject"),
     ("direct", "cryodrgn", "backproject"),
