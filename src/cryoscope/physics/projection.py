@@ -61,10 +61,20 @@ def gridding_correction(box: int, padded: int, device=None, dtype=torch.float32)
     return (s[:, None, None] * s[None, :, None] * s[None, None, :]).to(dtype)
 
 
+def _negate_odd(x: torch.Tensor) -> torch.Tensor:
+    """Multiply a [M, M, M] tensor in place by (-1)^(i + j + k) (index parity); returns it."""
+    x[1::2].neg_()
+    x[:, 1::2].neg_()
+    x[:, :, 1::2].neg_()
+    return x
+
+
 def fourier_volume(volume: torch.Tensor, oversample: float = 2.0) -> torch.Tensor:
     """Padded, gridding-corrected centred 3-D transform of a map [N, N, N] -> complex [M+3, M+3, M+3].
 
-    The transform of the M box sits at [1:M+1] in each axis, surrounded by zeros.
+    The transform of the M box sits at [1:M+1] in each axis, surrounded by zeros. For even M the
+    centring shifts are done as sign flips in place, so the peak memory is the padded real box plus
+    one complex M^3 transform and the output (about 2 GB at N = 256 in float32).
     """
     n = volume.shape[-1]
     if volume.dim() != 3 or len(set(volume.shape)) != 1:
@@ -72,17 +82,41 @@ def fourier_volume(volume: torch.Tensor, oversample: float = 2.0) -> torch.Tenso
     m = padded_size(n, oversample)
     lo = m // 2 - n // 2
     corrected = volume / gridding_correction(n, m, volume.device, volume.dtype)
-    padded = torch.nn.functional.pad(corrected, (lo, m - n - lo) * 3)
-    return torch.nn.functional.pad(fft3c(padded), (_LOW, _HIGH) * 3)
+    if m % 2:
+        padded = torch.nn.functional.pad(corrected, (lo, m - n - lo) * 3)
+        return torch.nn.functional.pad(fft3c(padded), (_LOW, _HIGH) * 3)
+    # centred DFT for even M: F_c[k] = (-1)^(M/2) (-1)^k DFT[(-1)^x f][k]
+    padded = volume.new_zeros(m, m, m)
+    padded[lo : lo + n, lo : lo + n, lo : lo + n] = corrected
+    del corrected
+    F = torch.fft.fftn(_negate_odd(padded))
+    del padded
+    out = F.new_zeros(m + _LOW + _HIGH, m + _LOW + _HIGH, m + _LOW + _HIGH)
+    inner = grid_interior(out)
+    inner.copy_(F)
+    del F
+    _negate_odd(inner)
+    if (m // 2) % 2:
+        inner.neg_()
+    return out
 
 
 def fourier_volume_adjoint(grid: torch.Tensor, box: int) -> torch.Tensor:
     """Adjoint of `fourier_volume`: bordered complex grid [M+3]^3 -> real map [N, N, N]."""
     inner = grid_interior(grid)
     m = inner.shape[-1]
-    real = (ifft3c(inner) * m**3).real
     lo = m // 2 - box // 2
-    vol = real[lo : lo + box, lo : lo + box, lo : lo + box]
+    crop = (slice(lo, lo + box),) * 3
+    if m % 2:
+        vol = (ifft3c(inner) * m**3).real[crop]
+    else:
+        # sum_k X[k] exp(+2 pi i (k - c)(x - c) / M) = (-1)^(M/2) (-1)^x DFT^-1[(-1)^k X][x] (unnormalised)
+        spatial = torch.fft.ifftn(_negate_odd(inner.clone()), norm="forward")
+        vol = spatial.real[crop].clone()
+        del spatial
+        parity = (torch.arange(lo, lo + box, device=vol.device) % 2) * 2 - 1  # -1 for even, +1 for odd index
+        sign = -parity if (m // 2) % 2 == 0 else parity
+        vol = vol * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :]).to(vol.dtype)
     return vol / gridding_correction(box, m, vol.device, vol.dtype)
 
 
@@ -224,6 +258,93 @@ def scatter_half_slices(
             out.index_add_(0, idx, (w * values[part]).reshape(-1).to(out.dtype))
 
 
+# Couplings of the normal operator Interp* W Interp on the grid: offsets (dz, dy, dx) of the 14 stored
+# neighbour pairs (0 and the 13 lexicographically positive offsets; the other 13 follow by symmetry).
+STENCIL_OFFSETS = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) >= (0, 0, 0)]
+
+
+@functools.lru_cache(maxsize=8)
+def _corner_pairs(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 36 unordered pairs (a, b) of the 8 trilinear corners: first corners [36], second [36], and
+    flat index offset [36, 1, 1] of (stored offset slot) * size^3 + offset of the base corner."""
+    bits = [((c >> 2) & 1, (c >> 1) & 1, c & 1) for c in range(8)]  # (z, y, x) of corner c = 4z + 2y + x
+    first, second, flat = [], [], []
+    for a in range(8):
+        for b in range(a, 8):
+            d = tuple(bits[b][j] - bits[a][j] for j in range(3))
+            base, delta = (a, d) if d >= (0, 0, 0) else (b, tuple(-x for x in d))
+            z, y, x = bits[base]
+            first.append(a)
+            second.append(b)
+            flat.append(STENCIL_OFFSETS.index(delta) * size**3 + (z * size + y) * size + x)
+    t = lambda v: torch.tensor(v, device=device)
+    return t(first), t(second), t(flat)[:, None, None]
+
+
+def scatter_normal_stencil(
+    weights: torch.Tensor,
+    rotations: torch.Tensor,
+    layout: SliceLayout,
+    size: int,
+    out: torch.Tensor,
+    grid_index: torch.Tensor | None = None,
+) -> None:
+    """Accumulate the grid normal operator Interp* diag(weights) Interp of half-slice samples, in place.
+
+    weights [n, P] real (e.g. folded CTF²); out [K * 14 * size^3] real holds, per grid, 14 coupling
+    grids T_d (d in `STENCIL_OFFSETS`) with T_d[g] = sum over samples of weight * w_g * w_{g+d}
+    (w: the trilinear weights of `slice_fourier_volume`). `grid_index` [n] picks one of K grids.
+    """
+    scale = (size - _LOW - _HIGH) / layout.box
+    first, second, flat_pair = _corner_pairs(size, rotations.device)
+    step = max(1, (_CHUNK_CORNERS // 4) // max(1, 36 * layout.freqs.shape[0]))
+    for start in range(0, rotations.shape[0], step):
+        part = slice(start, min(rotations.shape[0], start + step))
+        flat, t = _corners(rotations[part], layout.freqs, size, scale)
+        if grid_index is not None:
+            flat = flat + grid_index[part, None].long() * (14 * size**3)
+        wx = torch.stack([1 - t[0], t[0]])
+        wy = torch.stack([1 - t[1], t[1]])
+        wz = torch.stack([1 - t[2], t[2]])
+        w = ((wz[:, None, None] * wy[None, :, None]) * wx[None, None, :]).reshape(8, *flat.shape)
+        vals = w[first] * w[second] * weights[part].to(w.dtype)
+        out.index_add_(0, (flat + flat_pair).reshape(-1), vals.reshape(-1).to(out.dtype))
+
+
+def apply_normal_stencil(stencil: torch.Tensor, grid: torch.Tensor, extra_diagonal: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply the symmetric 27-point grid operator stored by `scatter_normal_stencil`.
+
+    stencil [14, S, S, S] real, grid [S, S, S] complex (zero on the outer layer) -> [S, S, S] complex,
+    exact on the inner (S - 2)^3 voxels, zero on the outer layer. `extra_diagonal` [S, S, S] is added
+    to the coupling of each voxel with itself (e.g. a Wiener term).
+    """
+    s = grid.shape[-1]
+    g = torch.view_as_real(grid)
+    out = torch.zeros_like(g)
+    inner = (slice(1, s - 1),) * 3
+    diag = stencil[0] if extra_diagonal is None else stencil[0] + extra_diagonal
+    acc = out[inner]
+    acc.copy_(diag[inner][..., None] * g[inner])
+    for j, (dz, dy, dx) in enumerate(STENCIL_OFFSETS[1:], 1):
+        fwd = (slice(1 + dz, s - 1 + dz), slice(1 + dy, s - 1 + dy), slice(1 + dx, s - 1 + dx))
+        bwd = (slice(1 - dz, s - 1 - dz), slice(1 - dy, s - 1 - dy), slice(1 - dx, s - 1 - dx))
+        acc.addcmul_(stencil[j][inner][..., None], g[fwd])
+        acc.addcmul_(stencil[j][bwd][..., None], g[bwd])
+    return torch.view_as_complex(out)
+
+
+def stencil_row_sums(stencil: torch.Tensor) -> torch.Tensor:
+    """Row sums [S, S, S] of the stencil operator: the trilinear-spread weight of every voxel (outer layer 0)."""
+    s = stencil.shape[-1]
+    out = torch.zeros_like(stencil[0])
+    inner = (slice(1, s - 1),) * 3
+    out[inner] = stencil[0][inner]
+    for j, (dz, dy, dx) in enumerate(STENCIL_OFFSETS[1:], 1):
+        bwd = (slice(1 - dz, s - 1 - dz), slice(1 - dy, s - 1 - dy), slice(1 - dx, s - 1 - dx))
+        out[inner] += stencil[j][inner] + stencil[j][bwd]
+    return out
+
+
 def backproject_fourier(
     images: torch.Tensor, rotations: torch.Tensor, size: int, cutoff: float | None = None
 ) -> torch.Tensor:
@@ -241,15 +362,21 @@ def project(
     oversample: float = 2.0,
     cutoff: float | None = None,
     fourier: bool = False,
+    fvol: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Projections of a map [N, N, N] at rotations [n, 3, 3] -> real images [n, N, N].
 
     With `fourier=True` returns their centred transforms instead (equal to fft2c of the real image
     except, for even N, on the unpaired Nyquist row and column, which are interpolated directly).
     `cutoff` (cycles/pixel) zeroes higher frequencies; `oversample` is the padding factor.
+    `fvol`: the map's `fourier_volume(volume, oversample)` when the caller has it (skips the 3-D FFT).
     """
     _check_rotations(rotations)
-    F = slice_fourier_volume(fourier_volume(volume, oversample), rotations, volume.shape[-1], cutoff)
+    if fvol is None:
+        fvol = fourier_volume(volume, oversample)
+    elif fvol.shape[-1] != grid_size(volume.shape[-1], oversample):
+        raise InvalidValueError(f"fvol has edge {fvol.shape[-1]}, expected {grid_size(volume.shape[-1], oversample)} for this map")
+    F = slice_fourier_volume(fvol, rotations, volume.shape[-1], cutoff)
     return F if fourier else ifft2c(F).real
 
 
@@ -297,7 +424,9 @@ def _check_rotations(rotations: torch.Tensor) -> None:
 
 
 __all__ = [
+    "STENCIL_OFFSETS",
     "SliceLayout",
+    "apply_normal_stencil",
     "backproject",
     "backproject_fourier",
     "expand_half_slices",
@@ -311,6 +440,8 @@ __all__ = [
     "project",
     "project_real_space",
     "scatter_half_slices",
+    "scatter_normal_stencil",
     "slice_fourier_volume",
     "slice_layout",
+    "stencil_row_sums",
 ]

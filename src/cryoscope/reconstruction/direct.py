@@ -1,10 +1,20 @@
-"""CTF-weighted direct Fourier inversion (RELION-style), streaming, with two half-sets at once.
+"""CTF-weighted direct Fourier inversion (RELION-style data accumulation), streaming, with half-sets at once.
 
 For every particle the phase-corrected, CTF-multiplied transform CTF · T_o F is scattered into a
-padded 3-D Fourier grid with the transpose of the projector's trilinear interpolation, and CTF²
-into a weight grid. The map is F = num / (weight + reg) (Wiener), inverse transformed, cropped and
-divided by the gridding correction. Grids hold a complex numerator and a real weight per voxel per half-set:
-12 bytes x (2N + 3)^3 x 2 half-sets in float32 (about 420 MB at N = 128).
+padded 3-D Fourier grid with the transpose of the projector's trilinear interpolation (RELION's
+data array). Instead of RELION's weight array (CTF² spread with the same kernel), each half-set
+keeps the exact grid normal operator Interp* CTF² Interp as a 27-point stencil (14 stored coupling
+grids), also accumulated in the one streaming pass. `volume()` then solves the regularised normal
+equations (P* C² P + R) v = P* C T_o^* y for the map by preconditioned conjugate gradients on grids
+alone, without touching the data again: the same least-squares problem as
+`cryoscope.reconstruction.iterative.reconstruct_cg`, for the price of one backprojection.
+
+Why not num / weight: the slice samples are spaced 1/N but the padded grid 1/(2N), so the trilinear
+weight is not a sampling density; the ratio lost ~21 % of the map's total density and had ~4 %
+error on noiseless data. The preconditioner of the solver is exactly that ratio (as a Fourier filter).
+
+Memory per half-set: 8 bytes (numerator) + 56 bytes (stencil) per grid voxel, (2N + 3)^3 voxels in
+float32: ~1.1 GB at N = 128 (both half-sets), independent of the number of particles.
 """
 
 from __future__ import annotations
@@ -14,21 +24,28 @@ from collections.abc import Iterable
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.physics.fourier import centered_coords, ifft3c
+from cryoscope.physics.fourier import centered_coords, fft3c, ifft3c
 from cryoscope.physics.projection import (
+    apply_normal_stencil,
     fold_half_slices,
+    fourier_volume,
+    fourier_volume_adjoint,
     grid_interior,
     grid_size,
     gridding_correction,
     padded_size,
     scatter_half_slices,
+    scatter_normal_stencil,
     slice_layout,
+    stencil_row_sums,
 )
 from cryoscope.reconstruction.batch import ParticleBatch
 
+_N_COUPLINGS = 14
+
 
 class DirectReconstructor:
-    """Accumulates particles into `n_halves` Fourier grids; `volume()` gives the Wiener-filtered map.
+    """Accumulates particles into `n_halves` Fourier grids; `volume()` gives the regularised least-squares map.
 
     box N (pixels); oversample: padding factor; cutoff: highest frequency used (cycles/pixel,
     default Nyquist); dtype: accumulation precision (float32 default).
@@ -50,7 +67,7 @@ class DirectReconstructor:
         self.layout = slice_layout(box, cutoff, self.device)
         complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         self.num = torch.zeros(n_halves * self.size**3, dtype=complex_dtype, device=self.device)
-        self.weight = torch.zeros(n_halves * self.size**3, dtype=dtype, device=self.device)
+        self.stencil = torch.zeros(n_halves * _N_COUPLINGS * self.size**3, dtype=dtype, device=self.device)
         self.count = torch.zeros(n_halves, dtype=torch.long)
 
     def add(self, batch: ParticleBatch) -> None:
@@ -70,8 +87,9 @@ class DirectReconstructor:
             self.count += torch.bincount(half.cpu().long(), minlength=self.n_halves)
         else:
             self.count[0] += F.shape[0]
-        targets = [(fold_half_slices(F, self.layout), self.num), (fold_half_slices(ctf2, self.layout), self.weight)]
-        scatter_half_slices(targets, batch.rotations.to(self.device, self.dtype), self.layout, self.size, half)
+        rot = batch.rotations.to(self.device, self.dtype)
+        scatter_half_slices([(fold_half_slices(F, self.layout), self.num)], rot, self.layout, self.size, half)
+        scatter_normal_stencil(fold_half_slices(ctf2, self.layout), rot, self.layout, self.size, self.stencil, half)
 
     def add_all(self, batches: Iterable[ParticleBatch]) -> "DirectReconstructor":
         """Stream an iterable of batches; returns self."""
@@ -79,37 +97,79 @@ class DirectReconstructor:
             self.add(batch)
         return self
 
+    def _grids(self, half: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bordered numerator [S, S, S] and stencil [14, S, S, S] of one half-set (None: all summed)."""
+        s = self.size
+        num = self.num.view(self.n_halves, s, s, s)
+        st = self.stencil.view(self.n_halves, _N_COUPLINGS, s, s, s)
+        return (num.sum(0), st.sum(0)) if half is None else (num[half], st[half])
+
     def fourier_grids(self, half: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hermitian-completed numerator (complex) and weights (real), each [M, M, M] centred.
+        """Hermitian-completed numerator (complex) and trilinear-spread CTF² weights (real), each [M, M, M] centred.
 
         `half` selects one half-set; None sums all.
         """
-        shape = (self.n_halves, self.size, self.size, self.size)
-        num, wt = self.num.view(shape), self.weight.view(shape)
-        num, wt = (num.sum(0), wt.sum(0)) if half is None else (num[half], wt[half])
-        return _hermitian_sum(grid_interior(num)), _hermitian_sum(grid_interior(wt))
+        num, st = self._grids(half)
+        return _hermitian_sum(grid_interior(num)), _hermitian_sum(grid_interior(stencil_row_sums(st)))
 
-    def volume(self, half: int | None = None, reg: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Map [N, N, N] from num / (weight + reg).
+    def volume(
+        self,
+        half: int | None = None,
+        reg: float | torch.Tensor | None = None,
+        n_iter: int = 30,
+        tol: float = 1e-4,
+    ) -> torch.Tensor:
+        """Map [N, N, N] solving (P* C² P + R) v = P* C y by preconditioned CG (at most `n_iter` iterations,
+        until the residual falls below `tol` x the right-hand side).
 
-        `reg`: Wiener term (1/SNR, 1/tau^2) in units of the CTF² weights: a float, or per-shell
+        `reg` R: Wiener term (1/SNR, 1/tau^2) in units of the CTF² weights: a float, or per-shell
         values [N // 2 + 1] (shell i = frequency i / N cycles/pixel, e.g. from `reg_from_fsc`);
-        None uses 1e-3 x the mean positive weight. Frequencies beyond the cutoff are zero.
+        None uses 1e-3 x the mean positive weight. Frequencies beyond the cutoff are removed.
         """
-        num, wt = self.fourier_grids(half)
+        num, st = self._grids(half)
+        weight = _hermitian_sum(grid_interior(stencil_row_sums(st)))  # [M, M, M], full (both Hermitian halves)
         if reg is None:
-            reg = 1e-3 * wt[wt > 0].mean() if (wt > 0).any() else 1.0
-        m = num.shape[-1]
+            reg = 1e-3 * weight[weight > 0].mean() if (weight > 0).any() else torch.tensor(1.0)
+        m = weight.shape[-1]
         shell = self._shells(m)
         if isinstance(reg, torch.Tensor) and reg.dim() == 1:
-            table = torch.cat([reg.to(wt), reg.new_full((1,), float("inf")).to(wt)])
-            reg = table[shell.clamp(max=reg.numel())]
-        den = wt + reg
-        F = torch.where((den > 0) & (shell <= self.cutoff * self.box), num / den.clamp_min(1e-30), torch.zeros_like(num))
-        vol = ifft3c(F).real
-        lo = m // 2 - self.box // 2
-        vol = vol[lo : lo + self.box, lo : lo + self.box, lo : lo + self.box]
-        return vol / gridding_correction(self.box, m, vol.device, vol.dtype)
+            reg_grid = reg.to(weight)[shell.clamp(max=reg.numel() - 1)]
+        else:
+            reg_grid = torch.full_like(weight, float(reg))
+        # The stencil holds the half-slice samples; the real part in `fourier_volume_adjoint` symmetrises,
+        # so the Hermitian-completed operator is 2 x (stencil + reg / 2).
+        extra = torch.nn.functional.pad(reg_grid / 2, (1, 2) * 3)
+        box, os = self.box, self.oversample
+
+        def normal(v: torch.Tensor) -> torch.Tensor:
+            return fourier_volume_adjoint(apply_normal_stencil(st, fourier_volume(v, os), extra), box)
+
+        b = fourier_volume_adjoint(num, box)
+        # Preconditioner: a Fourier filter on the padded box dividing by the symbol of the cropped operator,
+        # (weight + reg) smoothed by the transform of the box's autocorrelation (a tent of half-width N).
+        lo = m // 2 - box // 2
+        x = centered_coords(m, b.device, torch.float64)
+        tent = ((box - x.abs()).clamp_min(0) / box).to(weight.dtype)
+        symbol = fft3c(ifft3c(weight + reg_grid) * (tent[:, None, None] * tent[None, :, None] * tent[None, None, :])).real
+        inside = symbol[shell <= self.box // 2]
+        filt = 2.0 / symbol.clamp_min(1e-2 * float(inside.mean().clamp_min(1e-30)))
+        corr = gridding_correction(box, m, b.device, b.dtype)
+        scale = 1.0 / m**3
+
+        def precondition(r: torch.Tensor) -> torch.Tensor:
+            padded = torch.nn.functional.pad(r * corr, (lo, m - box - lo) * 3)
+            out = ifft3c(fft3c(padded) * filt).real[lo : lo + box, lo : lo + box, lo : lo + box]
+            return out * corr * scale
+
+        x = _pcg(normal, precondition, b, n_iter, tol)
+        return self._lowpass(x)
+
+    def _lowpass(self, vol: torch.Tensor) -> torch.Tensor:
+        """Remove frequencies beyond the cutoff (nothing at the default Nyquist cutoff, bar the cube corners)."""
+        k = centered_coords(self.box, vol.device, torch.float64)
+        kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
+        keep = torch.sqrt(kx**2 + ky**2 + kz**2) <= self.cutoff * self.box + 1e-9
+        return ifft3c(fft3c(vol) * keep).real.to(vol.dtype)
 
     def shell_weights(self, half: int | None = None) -> torch.Tensor:
         """Mean CTF² weight per shell [N // 2 + 1] (shell i at i / N cycles/pixel), for `reg_from_fsc`."""
@@ -126,6 +186,28 @@ class DirectReconstructor:
         k = centered_coords(m, self.device, torch.float64) * (self.box / padded_size(self.box, self.oversample))
         kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
         return torch.sqrt(kx**2 + ky**2 + kz**2).round().long()
+
+
+def _pcg(normal, precondition, b: torch.Tensor, n_iter: int, tol: float) -> torch.Tensor:
+    """Preconditioned conjugate gradients for normal(x) = b (SPD), starting from precondition(b)."""
+    x = precondition(b)
+    r = b - normal(x)
+    z = precondition(r)
+    p = z.clone()
+    rz = (r.double() * z).sum()
+    stop = tol * b.norm()
+    for _ in range(n_iter):
+        if r.norm() <= stop:
+            break
+        Ap = normal(p)
+        alpha = (rz / (p.double() * Ap).sum()).to(b.dtype)
+        x = x + alpha * p
+        r = r - alpha * Ap
+        z = precondition(r)
+        rz_new = (r.double() * z).sum()
+        p = z + (rz_new / rz).to(b.dtype) * p
+        rz = rz_new
+    return x
 
 
 def reg_from_fsc(fsc: torch.Tensor, shell_weights: torch.Tensor, full_map: bool = False) -> torch.Tensor:
