@@ -129,7 +129,8 @@ class DirectReconstructor:
         num, st = self._grids(half)
         weight = _hermitian_sum(grid_interior(stencil_row_sums(st)))  # [M, M, M], full (both Hermitian halves)
         if reg is None:
-            reg = 1e-3 * weight[weight > 0].mean() if (weight > 0).any() else torch.tensor(1.0)
+            n_pos = int((weight > 0).sum())
+            reg = 1e-3 * float(weight.sum()) / n_pos if n_pos else 1.0
         m = weight.shape[-1]
         shell = self._shells(m)
         if isinstance(reg, torch.Tensor) and reg.dim() == 1:
@@ -147,19 +148,29 @@ class DirectReconstructor:
         b = fourier_volume_adjoint(num, box)
         # Preconditioner: a Fourier filter on the padded box dividing by the symbol of the cropped operator,
         # (weight + reg) smoothed by the transform of the box's autocorrelation (a tent of half-width N).
+        # Everything is real and even, so it runs on half spectra in FFT (uncentred) order.
         lo = m // 2 - box // 2
-        x = centered_coords(m, b.device, torch.float64)
-        tent = ((box - x.abs()).clamp_min(0) / box).to(weight.dtype)
-        symbol = fft3c(ifft3c(weight + reg_grid) * (tent[:, None, None] * tent[None, :, None] * tent[None, None, :])).real
-        inside = symbol[shell <= self.box // 2]
-        filt = 2.0 / symbol.clamp_min(1e-2 * float(inside.mean().clamp_min(1e-30)))
+        h = m // 2 + 1
+        dims = (-3, -2, -1)
+        spectrum = torch.fft.ifftshift(weight + reg_grid, dim=dims)[..., :h]
+        spatial = torch.fft.irfftn(spectrum.to(torch.promote_types(spectrum.dtype, torch.complex64)), s=(m, m, m))
+        del spectrum
+        f = torch.fft.fftfreq(m, 1.0 / m, device=b.device, dtype=weight.dtype)  # integer frequencies, FFT order
+        tent = (box - f.abs()).clamp_min(0) / box
+        spatial *= tent[:, None, None] * tent[None, :, None] * tent[None, None, :]
+        symbol = torch.fft.rfftn(spatial).real
+        del spatial
+        radius2 = f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :h] ** 2
+        floor = 1e-2 * float(symbol[radius2 <= (m / 2) ** 2].mean().clamp_min(1e-30))
+        filt = 2.0 / symbol.clamp_min(floor)
+        del symbol, radius2
         corr = gridding_correction(box, m, b.device, b.dtype)
         scale = 1.0 / m**3
 
         def precondition(r: torch.Tensor) -> torch.Tensor:
-            padded = torch.nn.functional.pad(r * corr, (lo, m - box - lo) * 3)
-            out = ifft3c(fft3c(padded) * filt).real[lo : lo + box, lo : lo + box, lo : lo + box]
-            return out * corr * scale
+            padded = torch.fft.ifftshift(torch.nn.functional.pad(r * corr, (lo, m - box - lo) * 3), dim=dims)
+            out = torch.fft.fftshift(torch.fft.irfftn(torch.fft.rfftn(padded) * filt, s=(m, m, m)), dim=dims)
+            return out[lo : lo + box, lo : lo + box, lo : lo + box] * corr * scale
 
         x = _pcg(normal, precondition, b, n_iter, tol)
         return self._lowpass(x)
@@ -183,9 +194,9 @@ class DirectReconstructor:
 
     def _shells(self, m: int) -> torch.Tensor:
         """[M, M, M] shell index round(|k| / scale) in cycles per N box."""
-        k = centered_coords(m, self.device, torch.float64) * (self.box / padded_size(self.box, self.oversample))
-        kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
-        return torch.sqrt(kx**2 + ky**2 + kz**2).round().long()
+        k2 = (centered_coords(m, self.device, torch.float32) * (self.box / padded_size(self.box, self.oversample))) ** 2
+        r = k2[:, None, None] + k2[None, :, None] + k2[None, None, :]
+        return r.sqrt_().round_().long()
 
 
 def _pcg(normal, precondition, b: torch.Tensor, n_iter: int, tol: float) -> torch.Tensor:
