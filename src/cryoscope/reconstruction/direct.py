@@ -42,6 +42,7 @@ from cryoscope.physics.projection import (
 from cryoscope.reconstruction.batch import ParticleBatch
 
 _N_COUPLINGS = 14
+_DEFAULT_TIKHONOV = 5e-3
 
 
 class DirectReconstructor:
@@ -124,15 +125,15 @@ class DirectReconstructor:
 
         `reg` R: Wiener term (1/SNR, 1/tau^2) in units of the CTF² weights: a float, or per-shell
         values [N // 2 + 1] (shell i = frequency i / N cycles/pixel, e.g. from `reg_from_fsc`);
-        None uses 1e-3 x the mean positive weight. Frequencies beyond the cutoff are removed.
+        None uses `_DEFAULT_TIKHONOV` x the mean weight of each shell (a light Tikhonov term that tames
+        sparse views and biases every shell by the same ~0.5 %). Frequencies beyond the cutoff are removed.
         """
         num, st = self._grids(half)
         weight = _hermitian_sum(grid_interior(stencil_row_sums(st)))  # [M, M, M], full (both Hermitian halves)
-        if reg is None:
-            n_pos = int((weight > 0).sum())
-            reg = 1e-3 * float(weight.sum()) / n_pos if n_pos else 1.0
         m = weight.shape[-1]
         shell = self._shells(m)
+        if reg is None:
+            reg = _DEFAULT_TIKHONOV * self.shell_weights(half).clamp_min(1e-12 * float(weight.max().clamp_min(1e-30)))
         if isinstance(reg, torch.Tensor) and reg.dim() == 1:
             reg_grid = reg.to(weight)[shell.clamp(max=reg.numel() - 1)]
         else:
@@ -176,10 +177,9 @@ class DirectReconstructor:
         return self._lowpass(x)
 
     def _lowpass(self, vol: torch.Tensor) -> torch.Tensor:
-        """Remove frequencies beyond the cutoff (nothing at the default Nyquist cutoff, bar the cube corners)."""
-        k = centered_coords(self.box, vol.device, torch.float64)
-        kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
-        keep = torch.sqrt(kx**2 + ky**2 + kz**2) <= self.cutoff * self.box + 1e-9
+        """Remove shells beyond the cutoff (shell index round(|k|), as `fsc`; at Nyquist only the cube corners go)."""
+        k2 = centered_coords(self.box, vol.device, torch.float64) ** 2
+        keep = (k2[:, None, None] + k2[None, :, None] + k2[None, None, :]).sqrt().round() <= self.cutoff * self.box + 1e-9
         return ifft3c(fft3c(vol) * keep).real.to(vol.dtype)
 
     def shell_weights(self, half: int | None = None) -> torch.Tensor:
