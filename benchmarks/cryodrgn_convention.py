@@ -26,9 +26,9 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
-from scipy.ndimage import map_coordinates, shift as nd_shift
-
 from cryodrgn import utils as cd_utils
+from scipy.ndimage import map_coordinates
+from scipy.ndimage import shift as nd_shift
 
 
 def relion_matrix(rot: float, tilt: float, psi: float) -> np.ndarray:

@@ -80,9 +80,14 @@ def _time(fn, seconds: float) -> list[float]:
 def _operation(op: str, box: int, batch: int, maxiter: int):
     import torch
 
+    from cryoscope.particles import ParticleBatch
     from cryoscope.physics.fourier import ifft2c
-    from cryoscope.physics.projection import backproject, fourier_volume, project, slice_fourier_volume
-    from cryoscope.reconstruction.batch import ParticleBatch
+    from cryoscope.physics.projection import (
+        backproject,
+        fourier_volume,
+        project,
+        slice_fourier_volume,
+    )
     from cryoscope.reconstruction.direct import DirectReconstructor
     from cryoscope.reconstruction.iterative import reconstruct_cg
 
@@ -113,13 +118,17 @@ ACC_IMAGES = {64: 8, 128: 2, 256: 1}  # images for the (slow, numpy) analytic ba
 
 def _accuracy(op: str, box: int, batch: int, maxiter: int) -> dict:
     """Error of the operation on benchmarks/accuracy.py's blob map against its analytic reference."""
-    import numpy as np
+    import accuracy as acc
     import torch
 
-    import accuracy as acc
+    from cryoscope.particles import ParticleBatch
     from cryoscope.physics.fourier import ifft2c
-    from cryoscope.physics.projection import backproject, fourier_volume, project, slice_fourier_volume
-    from cryoscope.reconstruction.batch import ParticleBatch
+    from cryoscope.physics.projection import (
+        backproject,
+        fourier_volume,
+        project,
+        slice_fourier_volume,
+    )
     from cryoscope.reconstruction.direct import DirectReconstructor
     from cryoscope.reconstruction.iterative import reconstruct_cg
 

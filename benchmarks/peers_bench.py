@@ -143,9 +143,8 @@ def _best_volume(out_fn, box: int, R, ref_fn):
 
     out_fn(A, transpose_images) runs the tool on acc.projections(box, A); ref_fn(A) is the matching reference.
     """
-    import numpy as np
-
     import accuracy as acc
+    import numpy as np
 
     best = None
     for name, rots in (("A=R", R), ("A=R^T", np.transpose(R, (0, 2, 1)))):
@@ -162,10 +161,9 @@ def _best_volume(out_fn, box: int, R, ref_fn):
 
 def _accuracy(tool: str, op: str, box: int, batch: int, maxiter: int) -> dict:
     """Error of the operation on benchmarks/accuracy.py's blob map against its analytic reference."""
+    import accuracy as acc
     import numpy as np
     import torch
-
-    import accuracy as acc
 
     R = _random_rotations(batch, seed=1).astype(np.float64)
     vol64 = acc.blob_map(box)

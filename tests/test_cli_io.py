@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from cryoscope.cli.main import main
+from cryoscope.geometry.rotations import geodesic_distance
+from cryoscope.io.cryosparc import read_cs
 from cryoscope.io.mrc import read_map
 from cryoscope.io.star import read_star
-from cryoscope.io.cryosparc import read_cs
-from cryoscope.geometry.rotations import geodesic_distance
 
 DATA = Path(__file__).parent / "data"
 META, PM = DATA / "metadata", DATA / "particles_meta"

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.physics.ctf import CTFParams, compute_ctf, ctf_at, electron_wavelength, phase_flip, wiener_filter
+from cryoscope.physics.ctf import (
+    CTFParams,
+    compute_ctf,
+    ctf_at,
+    electron_wavelength,
+    phase_flip,
+    wiener_filter,
+)
 from cryoscope.physics.fourier import fft2c
 
 D = torch.float64

@@ -17,7 +17,12 @@ from cryoscope.physics.filters import (
     soft_mask,
     threshold_mask,
 )
-from cryoscope.physics.fourier import centered_coords, fft2c, radial_index_2d, radial_index_3d
+from cryoscope.physics.fourier import (
+    centered_coords,
+    fft2c,
+    radial_index_2d,
+    radial_index_3d,
+)
 
 D = torch.float64
 

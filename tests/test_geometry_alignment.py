@@ -8,8 +8,19 @@ import pytest
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.geometry.alignment import align_poses, apply_alignment, hand_flip_poses, map_transform, pose_error, rotate_poses
-from cryoscope.geometry.rotations import axis_angle_to_matrix, euler_to_matrix, geodesic_distance
+from cryoscope.geometry.alignment import (
+    align_poses,
+    apply_alignment,
+    hand_flip_poses,
+    map_transform,
+    pose_error,
+    rotate_poses,
+)
+from cryoscope.geometry.rotations import (
+    axis_angle_to_matrix,
+    euler_to_matrix,
+    geodesic_distance,
+)
 from cryoscope.geometry.sampling import random_rotations
 from cryoscope.geometry.symmetry import symmetry_group
 

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.geometry.rotations import axis_angle_to_matrix, euler_to_matrix, geodesic_distance
+from cryoscope.geometry.rotations import (
+    axis_angle_to_matrix,
+    euler_to_matrix,
+    geodesic_distance,
+)
 from cryoscope.geometry.sampling import (
     covering_radius_deg,
     grid_within,

@@ -10,7 +10,12 @@ import torch
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.rotations import matrix_to_axis_angle
 from cryoscope.geometry.sampling import random_rotations
-from cryoscope.geometry.symmetry import asymmetric_unit_mask, parse_symmetry, symmetry_expand, symmetry_group
+from cryoscope.geometry.symmetry import (
+    asymmetric_unit_mask,
+    parse_symmetry,
+    symmetry_expand,
+    symmetry_group,
+)
 
 D = torch.float64
 P = (1 + math.sqrt(5)) / 2

@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
-from cryoscope.errors import CryoscopeError, InputFormatError, InvalidValueError, MissingDataError
+from cryoscope.errors import (
+    CryoscopeError,
+    InputFormatError,
+    InvalidValueError,
+    MissingDataError,
+)
 from cryoscope.geometry.rotations import geodesic_distance
 from cryoscope.io.convert import read_metadata, write_metadata
 from cryoscope.io.cryodrgn import load_pkl, read_cryodrgn, write_ctf_pkl, write_pose_pkl

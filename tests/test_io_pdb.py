@@ -8,8 +8,14 @@ import torch
 
 from cryoscope.errors import InvalidValueError
 from cryoscope.io.pdb import (
-    atom_arrays, ca_coordinates, default_structure_path, map_center_of_mass, map_radius_of_gyration,
-    pdb_to_map, radius_of_gyration, read_structure,
+    atom_arrays,
+    ca_coordinates,
+    default_structure_path,
+    map_center_of_mass,
+    map_radius_of_gyration,
+    pdb_to_map,
+    radius_of_gyration,
+    read_structure,
 )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from test_likelihood_scoring import blob_map
 
 from cryoscope.geometry.alignment import pose_error
 from cryoscope.geometry.sampling import random_rotations
@@ -15,7 +16,6 @@ from cryoscope.physics.forward import ImageFormation
 from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
 from cryoscope.representations.voxel import VoxelMap
 from cryoscope.validation.fsc import fsc
-from test_likelihood_scoring import blob_map
 
 BOX, VOXEL = 24, 4.0
 

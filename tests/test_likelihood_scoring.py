@@ -9,11 +9,21 @@ import torch
 
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.sampling import healpix_grid, local_grid, random_rotations
-from cryoscope.likelihood.noise import estimate_noise_spectrum, gaussian_log_likelihood, n_shells
-from cryoscope.likelihood.scoring import best_poses, pose_posterior, score_poses, shift_grid, significant_poses
+from cryoscope.likelihood.noise import (
+    estimate_noise_spectrum,
+    gaussian_log_likelihood,
+    n_shells,
+)
+from cryoscope.likelihood.scoring import (
+    best_poses,
+    pose_posterior,
+    score_poses,
+    shift_grid,
+    significant_poses,
+)
 from cryoscope.physics.ctf import CTFParams, compute_ctf
-from cryoscope.physics.fourier import fft2c
 from cryoscope.physics.forward import ImageFormation
+from cryoscope.physics.fourier import fft2c
 from cryoscope.physics.shift import translate
 from cryoscope.representations.voxel import VoxelMap
 

@@ -9,7 +9,12 @@ import torch
 from scipy import stats
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.geometry.rotations import euler_to_matrix, geodesic_distance, matrix_to_axis_angle, matrix_to_euler
+from cryoscope.geometry.rotations import (
+    euler_to_matrix,
+    geodesic_distance,
+    matrix_to_axis_angle,
+    matrix_to_euler,
+)
 from cryoscope.physics.poses import (
     concentrated_rotations,
     empirical_rotations,

@@ -76,7 +76,13 @@ def test_projection_is_differentiable_wrt_volume_and_rotations():
 @pytest.mark.parametrize("n,oversample", [(16, 2.0), (17, 2.0), (16, 1.5), (12, 1.25)])
 def test_fourier_volume_matches_centred_fft_reference(n, oversample):
     from cryoscope.physics.fourier import fft3c, ifft3c
-    from cryoscope.physics.projection import fourier_volume, fourier_volume_adjoint, grid_interior, gridding_correction, padded_size
+    from cryoscope.physics.projection import (
+        fourier_volume,
+        fourier_volume_adjoint,
+        grid_interior,
+        gridding_correction,
+        padded_size,
+    )
 
     v = torch.randn(n, n, n, dtype=D)
     m = padded_size(n, oversample)

@@ -3,11 +3,11 @@
 import torch
 
 from cryoscope.geometry.rotations import euler_to_matrix
+from cryoscope.particles import ParticleBatch
 from cryoscope.physics.ctf import CTFParams, compute_ctf
 from cryoscope.physics.forward import ImageFormation
 from cryoscope.reconstruction import (
     DirectReconstructor,
-    ParticleBatch,
     fsc_weighted_average,
     random_half_sets,
     reconstruct_cg,

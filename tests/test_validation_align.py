@@ -9,7 +9,12 @@ from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.resample import flip_hand
 from cryoscope.geometry.rotations import geodesic_distance
 from cryoscope.geometry.sampling import random_rotations
-from cryoscope.validation.align import Alignment, align_maps, apply_alignment, fsc_after_alignment
+from cryoscope.validation.align import (
+    Alignment,
+    align_maps,
+    apply_alignment,
+    fsc_after_alignment,
+)
 
 N = 32
 

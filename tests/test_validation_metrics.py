@@ -11,7 +11,11 @@ import torch
 
 from cryoscope.errors import InvalidValueError
 from cryoscope.io.runinfo import write_metrics_json, write_params_json
-from cryoscope.validation.metrics import adjusted_rand_index, cross_correlation, normalized_mutual_info
+from cryoscope.validation.metrics import (
+    adjusted_rand_index,
+    cross_correlation,
+    normalized_mutual_info,
+)
 
 
 def test_cross_correlation_invariances_and_mask():

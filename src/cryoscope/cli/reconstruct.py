@@ -24,9 +24,12 @@ def register(app: typer.Typer) -> None:
         """Reconstruct two random half-sets, report the FSC and write the FSC-weighted map."""
         from cryoscope.device import resolve_device
         from cryoscope.io.mrc import read_map
-        from cryoscope.io.star import read_star
         from cryoscope.io.runinfo import write_metrics_json, write_params_json
-        from cryoscope.workflows.reconstruct import reconstruct_known_poses, write_reconstruction
+        from cryoscope.io.star import read_star
+        from cryoscope.workflows.reconstruct import (
+            reconstruct_known_poses,
+            write_reconstruction,
+        )
 
         meta = read_star(star, pixel_size=pixel_size)
         if pixel_size is not None:

@@ -8,7 +8,6 @@ Euler angles are RELION's ZYZ (rot, tilt, psi) in degrees; axis-angle vectors ar
 
 from __future__ import annotations
 
-
 import torch
 
 

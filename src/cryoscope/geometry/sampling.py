@@ -12,7 +12,12 @@ import math
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.geometry.rotations import axis_angle_to_matrix, euler_to_matrix, geodesic_distance, quaternion_to_matrix
+from cryoscope.geometry.rotations import (
+    axis_angle_to_matrix,
+    euler_to_matrix,
+    geodesic_distance,
+    quaternion_to_matrix,
+)
 
 
 def random_rotations(

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
-from cryoscope.io.cryodrgn import load_pkl, pkl_kind, read_cryodrgn, write_ctf_pkl, write_pose_pkl
+from cryoscope.io.cryodrgn import (
+    load_pkl,
+    pkl_kind,
+    read_cryodrgn,
+    write_ctf_pkl,
+    write_pose_pkl,
+)
 from cryoscope.io.cryosparc import read_cs, write_cs
 from cryoscope.io.metadata import ParticleMetadata
 from cryoscope.io.star import read_star, write_star

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
-from cryoscope.io.files import existing_file
 from cryoscope.io.atomic import atomic_path
+from cryoscope.io.files import existing_file
 from cryoscope.io.metadata import ParticleMetadata
 
 try:  # numpy >= 2

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
-from cryoscope.io.files import existing_file
 from cryoscope.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from cryoscope.io.atomic import atomic_path
+from cryoscope.io.files import existing_file
 from cryoscope.io.metadata import ParticleMetadata
 
 _KNOWN_PREFIXES = ("blob/", "ctf/", "alignments3D/")

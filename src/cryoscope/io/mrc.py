@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
-from cryoscope.io.files import existing_file
 from cryoscope.io.atomic import atomic_path
+from cryoscope.io.files import existing_file
 
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 PIXEL_SIZE_RTOL = 1e-3

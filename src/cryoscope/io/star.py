@@ -11,8 +11,8 @@ import starfile
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
-from cryoscope.io.files import existing_file
 from cryoscope.io.atomic import atomic_path
+from cryoscope.io.files import existing_file
 from cryoscope.io.metadata import ParticleMetadata
 
 NUMERIC_COLUMNS = (

@@ -41,12 +41,11 @@ from cryoscope.likelihood.scoring import (
     shift_grid,
     significant_poses,
 )
-from cryoscope.particles import ctf_params
+from cryoscope.particles import ParticleBatch, ctf_params
 from cryoscope.physics.ctf import compute_ctf
 from cryoscope.physics.fourier import fft2c
 from cryoscope.physics.projection import fourier_volume, slice_fourier_volume
 from cryoscope.physics.shift import translate
-from cryoscope.reconstruction.batch import ParticleBatch
 from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
 from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
 from cryoscope.validation.fsc import fsc, resolution_at

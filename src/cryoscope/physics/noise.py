@@ -23,7 +23,12 @@ from pathlib import Path
 import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
-from cryoscope.physics.filters import fourier_resize, radial_average, radial_to_grid, soft_mask
+from cryoscope.physics.filters import (
+    fourier_resize,
+    radial_average,
+    radial_to_grid,
+    soft_mask,
+)
 from cryoscope.physics.fourier import fft2c, ifft2c
 
 

@@ -1,13 +1,15 @@
 """Known-pose reconstruction: direct Fourier inversion, least squares by CG, half-maps."""
 
-from cryoscope.reconstruction.batch import ParticleBatch
-from cryoscope.reconstruction.direct import DirectReconstructor, reconstruct_direct, reg_from_fsc
+from cryoscope.reconstruction.direct import (
+    DirectReconstructor,
+    reconstruct_direct,
+    reg_from_fsc,
+)
 from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
 from cryoscope.reconstruction.iterative import reconstruct_cg
 
 __all__ = [
     "DirectReconstructor",
-    "ParticleBatch",
     "fsc_weighted_average",
     "random_half_sets",
     "reconstruct_cg",

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 import torch
 
 from cryoscope.errors import InvalidValueError
+from cryoscope.particles import ParticleBatch
 from cryoscope.physics.fourier import centered_coords, fft3c, ifft3c
 from cryoscope.physics.projection import (
     apply_normal_stencil,
@@ -39,7 +40,6 @@ from cryoscope.physics.projection import (
     slice_layout,
     stencil_row_sums,
 )
-from cryoscope.reconstruction.batch import ParticleBatch
 
 _N_COUPLINGS = 14
 _DEFAULT_TIKHONOV = 5e-3

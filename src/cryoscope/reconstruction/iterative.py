@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from cryoscope.particles import ParticleBatch
 from cryoscope.physics.projection import (
-    fourier_volume_adjoint,
     backproject_fourier,
     fourier_volume,
+    fourier_volume_adjoint,
     grid_size,
     slice_fourier_volume,
 )
-from cryoscope.reconstruction.batch import ParticleBatch
 
 Batches = Sequence[ParticleBatch] | Callable[[], Iterable[ParticleBatch]]
 

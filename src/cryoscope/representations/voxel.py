@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.physics.projection import backproject, fourier_volume, slice_fourier_volume
+from cryoscope.physics.projection import (
+    backproject,
+    fourier_volume,
+    slice_fourier_volume,
+)
 
 
 class VoxelMap:

@@ -19,6 +19,7 @@ from cryoscope.errors import InvalidValueError
 from cryoscope.io.atomic import atomic_path
 from cryoscope.io.metadata import ParticleMetadata
 from cryoscope.io.mrc import Map, write_map
+from cryoscope.io.runinfo import write_metrics_json, write_params_json
 from cryoscope.io.stack_writer import StackWriter
 from cryoscope.io.star import write_star
 from cryoscope.physics import noise as noise_models
@@ -27,7 +28,6 @@ from cryoscope.physics.forward import ImageFormation
 from cryoscope.representations.voxel import VoxelMap
 from cryoscope.simulation import draws
 from cryoscope.simulation.config import SimulationConfig
-from cryoscope.io.runinfo import write_metrics_json, write_params_json
 
 
 @dataclass

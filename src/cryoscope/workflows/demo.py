@@ -14,13 +14,16 @@ from pathlib import Path
 import torch
 
 from cryoscope.io.pdb import default_structure_path, pdb_to_map
+from cryoscope.io.runinfo import write_metrics_json, write_params_json
 from cryoscope.io.star import read_star
 from cryoscope.report import plots
 from cryoscope.report.html import ReportFigure, ReportSection, write_report
 from cryoscope.simulation.config import SimulationConfig
 from cryoscope.simulation.dataset import simulate
-from cryoscope.io.runinfo import write_metrics_json, write_params_json
-from cryoscope.workflows.reconstruct import reconstruct_known_poses, write_reconstruction
+from cryoscope.workflows.reconstruct import (
+    reconstruct_known_poses,
+    write_reconstruction,
+)
 
 
 @dataclass
