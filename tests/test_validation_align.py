@@ -12,7 +12,7 @@ from cryoscope.geometry.sampling import random_rotations
 from cryoscope.validation.align import (
     Alignment,
     align_maps,
-    apply_alignment,
+    apply_map_alignment,
     fsc_after_alignment,
 )
 
@@ -70,13 +70,13 @@ def test_alignment_recovers_hand_and_fsc(model):
     shells = result.frequencies <= 0.3
     assert result.fsc[shells].min() > 0.9
     assert result.resolution_05[0] > 0.3 and result.resolution_05[1] == pytest.approx(2.0 / result.resolution_05[0])
-    assert torch.allclose(result.aligned, apply_alignment(mirrored, al))
+    assert torch.allclose(result.aligned, apply_map_alignment(mirrored, al))
 
 
 def test_apply_alignment_identity_and_errors(model):
     v = _gaussians(*model)
     ident = Alignment(torch.eye(3), torch.zeros(3), False, 1.0)
-    assert torch.allclose(apply_alignment(v, ident), v, atol=1e-4)
+    assert torch.allclose(apply_map_alignment(v, ident), v, atol=1e-4)
     with pytest.raises(InvalidValueError):
         align_maps(v, v[:-1, :-1, :-1])
     bad = v.clone()

@@ -46,7 +46,7 @@ class AlignedFSC(NamedTuple):
     alignment: Alignment
 
 
-def apply_alignment(vol: torch.Tensor, alignment: Alignment, oversample: int = 2) -> torch.Tensor:
+def apply_map_alignment(vol: torch.Tensor, alignment: Alignment, oversample: int = 2) -> torch.Tensor:
     """Transform `vol` [N, N, N] by `alignment` (hand flip first, then rotation and shift).
 
     oversample: trilinear resampling on a Fourier-padded map `oversample` times finer, cropped back,
@@ -193,10 +193,10 @@ def fsc_after_alignment(
     """Align `vol` onto `reference` (`align_maps`), then the FSC and resolutions (0.5, 0.143) with the reference.
 
     voxel_size in Å (resolutions in Å are None without it); `mask` is a soft mask applied to both maps for the FSC;
-    `oversample` as in `apply_alignment` (memory grows as oversample^3).
+    `oversample` as in `apply_map_alignment` (memory grows as oversample^3).
     """
     alignment = align_maps(vol, reference, flip=flip, **search)
-    aligned = apply_alignment(vol.to(alignment.R.dtype), alignment, oversample)
+    aligned = apply_map_alignment(vol.to(alignment.R.dtype), alignment, oversample)
     reference = reference.to(aligned.dtype)
     alignment = alignment._replace(cc=float(cross_correlation(aligned, reference)))
     curve = fsc(aligned, reference, mask)
