@@ -209,7 +209,9 @@ def main() -> None:
                    "--seconds", str(args.seconds), "--maxiter", str(args.maxiter)]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
-                row = {"tool": "cryoscope", "op": op, "box": box, "error": proc.stderr.strip().splitlines()[-1]}
+                lines = proc.stderr.strip().splitlines()
+                reason = lines[-1] if lines else f"exit status {proc.returncode} (killed, e.g. out of memory)"
+                row = {"tool": "cryoscope", "op": op, "box": box, "error": reason}
             else:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             print(json.dumps(row), flush=True)
