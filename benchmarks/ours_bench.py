@@ -30,8 +30,9 @@ import platform
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from common import random_rotations, smooth_map, time_calls
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -43,38 +44,6 @@ BATCH = {
     "direct": {64: 256, 128: 64, 256: 8},
     "reconstruct": {64: 100, 128: 50},
 }
-
-
-def _random_rotations(n: int, seed: int = 0):
-    import torch
-    from scipy.spatial.transform import Rotation
-
-    return torch.from_numpy(Rotation.random(n, random_state=seed).as_matrix()).float()
-
-
-def _smooth_map(n: int):
-    """Sum of Gaussian blobs, [z, y, x] float32 (same as peers_bench.py)."""
-    import numpy as np
-    import torch
-
-    rng = np.random.default_rng(0)
-    c = np.arange(n) - n // 2
-    z, y, x = np.meshgrid(c, c, c, indexing="ij", sparse=True)
-    vol = np.zeros((n, n, n), np.float32)
-    for centre in rng.uniform(-n / 5, n / 5, (8, 3)):
-        vol += np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / (2 * (n / 16) ** 2))
-    return torch.from_numpy(vol)
-
-
-def _time(fn, seconds: float) -> list[float]:
-    """One warm-up call, then repeat until `seconds` have passed (at least 3 calls); returns per-call seconds."""
-    fn()
-    times, t_end = [], time.perf_counter() + seconds
-    while len(times) < 3 or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def _operation(op: str, box: int, batch: int, maxiter: int):
@@ -91,8 +60,8 @@ def _operation(op: str, box: int, batch: int, maxiter: int):
     from cryoscope.reconstruction.direct import DirectReconstructor
     from cryoscope.reconstruction.iterative import reconstruct_cg
 
-    vol = _smooth_map(box)
-    rots = _random_rotations(batch)
+    vol = torch.from_numpy(smooth_map(box))
+    rots = torch.from_numpy(random_rotations(batch))
     if op == "project":
         return lambda: project(vol, rots), "oversample 2, includes the map FFT"
     if op == "project_disc":
@@ -133,7 +102,7 @@ def _accuracy(op: str, box: int, batch: int, maxiter: int) -> dict:
     from cryoscope.reconstruction.iterative import reconstruct_cg
 
     vol = torch.from_numpy(acc.blob_map(box)).float()
-    rots = _random_rotations(batch, seed=1)
+    rots = torch.from_numpy(random_rotations(batch, seed=1))
     R = rots.double().numpy()
     if op in ("project", "project_disc", "project_slice"):
         m = min(batch, 16)
@@ -166,7 +135,7 @@ def measure(op: str, box: int, threads: int, seconds: float, maxiter: int) -> di
     batch = BATCH[op][box]
     fn, note = _operation(op, box, batch, maxiter)
     with torch.no_grad():
-        times = _time(fn, seconds)
+        times = time_calls(fn, seconds)
         rss = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         accuracy = _accuracy(op, box, batch, maxiter)
     return {

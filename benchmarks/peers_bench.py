@@ -27,43 +27,13 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import random_rotations, smooth_map, time_calls
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 BATCH = {"project": {64: 256, 128: 64, 256: 8}, "backproject": {64: 256, 128: 64, 256: 8}, "reconstruct": {64: 100, 128: 50}}
-
-
-def _random_rotations(n: int, seed: int = 0):
-    import numpy as np
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.random(n, random_state=seed).as_matrix().astype(np.float32)
-
-
-def _smooth_map(n: int):
-    """Sum of Gaussian blobs, [z, y, x] float32."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    c = np.arange(n) - n // 2
-    z, y, x = np.meshgrid(c, c, c, indexing="ij", sparse=True)
-    vol = np.zeros((n, n, n), np.float32)
-    for centre in rng.uniform(-n / 5, n / 5, (8, 3)):
-        vol += np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / (2 * (n / 16) ** 2))
-    return vol
-
-
-def _time(fn, seconds: float) -> list[float]:
-    """One warm-up call, then repeat until `seconds` have passed (at least 3 calls); returns per-call seconds."""
-    fn()
-    times, t_end = [], time.perf_counter() + seconds
-    while len(times) < 3 or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def _aspire(op: str, box: int, batch: int, maxiter: int):
@@ -72,8 +42,8 @@ def _aspire(op: str, box: int, batch: int, maxiter: int):
     from aspire.utils import Rotation
     from aspire.volume import Volume
 
-    vol = Volume(_smooth_map(box))
-    rots = Rotation(_random_rotations(batch))
+    vol = Volume(smooth_map(box))
+    rots = Rotation(random_rotations(batch))
     if op == "project":
         return lambda: vol.project(rots), ""
     if op == "backproject":
@@ -102,11 +72,11 @@ def _cryodrgn(op: str, box: int, batch: int, maxiter: int):
 
     D = box + 1
     lattice = Lattice(D, extent=D // 2)
-    rots = torch.from_numpy(_random_rotations(batch))
+    rots = torch.from_numpy(random_rotations(batch))
     if op == "project":
         model = VolumeExplicit(D, "hartley", D // 2)
         with torch.no_grad():
-            vol_ht = fft.htn_center(torch.from_numpy(_smooth_map(box)))
+            vol_ht = fft.htn_center(torch.from_numpy(smooth_map(box)))
             sym = torch.zeros((D, D, D))
             sym[:-1, :-1, :-1] = vol_ht
             model.volume.copy_(sym / 1e2)
@@ -165,7 +135,7 @@ def _accuracy(tool: str, op: str, box: int, batch: int, maxiter: int) -> dict:
     import numpy as np
     import torch
 
-    R = _random_rotations(batch, seed=1).astype(np.float64)
+    R = random_rotations(batch, seed=1).astype(np.float64)
     vol64 = acc.blob_map(box)
     if tool == "aspire":
         from aspire.image import Image
@@ -236,7 +206,7 @@ def measure(tool: str, op: str, box: int, threads: int, seconds: float, maxiter:
     torch.set_num_threads(threads)
     batch = BATCH[op][box]
     fn, note = (_aspire if tool == "aspire" else _cryodrgn)(op, box, batch, maxiter)
-    times = _time(fn, seconds)
+    times = time_calls(fn, seconds)
     rss = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     with torch.no_grad():
         accuracy = _accuracy(tool, op, box, batch, maxiter)
