@@ -31,6 +31,7 @@ import torch
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.sampling import healpix_grid, healpix_step_deg, local_grid
 from cryoscope.io.metadata import ParticleMetadata
+from cryoscope.likelihood.data import ParticleSource, image_power_spectrum
 from cryoscope.likelihood.noise import n_shells, noise_spectrum, shell_power_sums
 from cryoscope.likelihood.scoring import (
     PoseEstimate,
@@ -41,9 +42,7 @@ from cryoscope.likelihood.scoring import (
     shift_grid,
     significant_poses,
 )
-from cryoscope.particles import ParticleBatch, ctf_params
-from cryoscope.physics.ctf import compute_ctf
-from cryoscope.physics.fourier import fft2c
+from cryoscope.particles import ParticleBatch
 from cryoscope.physics.projection import fourier_volume, slice_fourier_volume
 from cryoscope.physics.shift import translate
 from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
@@ -88,28 +87,6 @@ class RefinementResult:
     half: torch.Tensor
     next_cutoff: float
     history: list[IterationStats] = field(default_factory=list)
-
-
-class _Particles:
-    """Streams image transforms and CTFs of particle subsets from metadata and a stack."""
-
-    def __init__(self, meta: ParticleMetadata, stack, device: torch.device, use_ctf: bool):
-        if len(stack) != meta.n:
-            raise InvalidValueError(f"{meta.n} particles in the metadata but {len(stack)} images", meta.source)
-        px = meta.require_pixel_size()
-        if not bool(torch.allclose(px, px[0].expand_as(px))):
-            raise InvalidValueError("refinement needs one pixel size for all particles", meta.source)
-        self.meta, self.stack, self.device = meta, stack, device
-        self.pixel_size = float(px[0])
-        self.ctf = ctf_params(meta) if use_ctf and meta.has_ctf else None
-
-    def load(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        images = torch.as_tensor(self.stack[idx.numpy()]).to(self.device, torch.float32)
-        if not bool(torch.isfinite(images).all()):
-            raise InvalidValueError("particle images contain NaN or Inf", self.meta.source)
-        box = images.shape[-1]
-        ctf = None if self.ctf is None else compute_ctf(self.ctf[idx].to(self.device), box, self.pixel_size)
-        return fft2c(images), ctf
 
 
 def _maximise(
@@ -162,16 +139,6 @@ def _search_grids(
     return build, step, K, offsets.shape[0]
 
 
-def image_power_spectrum(particles: _Particles, n: int, batch_size: int) -> torch.Tensor:
-    """Mean |Y|^2 per shell over all particles: the initial noise spectrum (an upper bound, close at low SNR)."""
-    sums = counts = None
-    for b in torch.arange(n).split(batch_size):
-        Y, _ = particles.load(b)
-        s, c = shell_power_sums(Y)
-        sums, counts = (s, c) if sums is None else (sums + s, counts + c)
-    return noise_spectrum(sums, counts)
-
-
 def refine(
     meta: ParticleMetadata,
     stack,
@@ -210,10 +177,10 @@ def refine(
         raise InvalidValueError(f"initial map must be cubic [N, N, N], got {tuple(initial_map.shape)}")
     if not (0 < initial_cutoff <= 0.5) or n_iter < 1:
         raise InvalidValueError(f"need 0 < initial_cutoff <= 0.5 cycles/pixel and n_iter >= 1, got {initial_cutoff}, {n_iter}")
-    particles = _Particles(meta, stack, device, use_ctf)
+    particles = ParticleSource(meta, stack, device, use_ctf)
     half = random_half_sets(n, seed)
     refs = [initial_map.to(device, torch.float32)] * 2
-    sigma2 = image_power_spectrum(particles, n, batch_size)
+    sigma2 = image_power_spectrum(particles, batch_size)
     cutoff = initial_cutoff
     rotations = shifts = None
     history: list[IterationStats] = []
@@ -265,4 +232,4 @@ def refine(
     return result
 
 
-__all__ = ["IterationStats", "RefinementResult", "image_power_spectrum", "refine"]
+__all__ = ["IterationStats", "RefinementResult", "refine"]
