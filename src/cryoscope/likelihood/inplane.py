@@ -184,7 +184,7 @@ def _half_spectrum(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Angular spectra [..., S, Q] of polar arrays [..., S, M] for 0 <= q <= M / 2, scaled for the synthesis.
 
     The scale is weight_s (ring area) x c_q (2 for q paired with -q, else 1); the correlation over phi at
-    angle psi is then Re sum_q conj(a_q) b_q exp(i q psi) / M (see `_to_psi`).
+    angle psi is then Re sum_q conj(a_q) b_q exp(i q psi) / M (see `_synthesis`).
     """
     m = x.shape[-1]
     spec = torch.fft.fft(x, dim=-1)[..., : m // 2 + 1]
@@ -194,11 +194,24 @@ def _half_spectrum(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return spec * (weight[:, None] * c / m).to(spec.dtype)
 
 
-def _to_psi(h: torch.Tensor, n_psi: int) -> torch.Tensor:
-    """Re sum_q h_q exp(2 pi i q j / n_psi) [n_psi, ...] from frequency-first h [Q, ...] (folded modulo n_psi)."""
-    q = torch.arange(h.shape[0], device=h.device) % n_psi
-    folded = h.new_zeros((n_psi,) + h.shape[1:]).index_add_(0, q, h)
-    return torch.fft.ifft(folded, dim=0, norm="forward").real
+def _image_operand(spec: torch.Tensor) -> torch.Tensor:
+    """Conjugated image spectra [m, S, Q] -> real [Q, 2S, m] (real parts of the rings, then imaginary parts)."""
+    a = spec.conj().permute(2, 1, 0)
+    return torch.cat([a.real, a.imag], 1).contiguous()
+
+
+def _reference_operand(spec: torch.Tensor) -> torch.Tensor:
+    """Reference spectra [d, S, Q] -> real [Q, 2d, 2S] such that operand @ `_image_operand` = [Re; Im] of the
+    complex ring contraction h[q, d, m] = sum_s a[q, s, m] b[d, s, q] (rows: real parts for all d, then imaginary)."""
+    b = spec.permute(2, 0, 1)  # [Q, d, S]
+    return torch.cat([torch.cat([b.real, -b.imag], 2), torch.cat([b.imag, b.real], 2)], 1).contiguous()
+
+
+def _synthesis(n_angles: int, n_psi: int, dtype, device) -> torch.Tensor:
+    """[n_psi, 2Q]: row j maps (Re h_0, Im h_0, Re h_1, ...) to Re sum_q h_q exp(i q psi_j), psi_j = 2 pi j / n_psi."""
+    q = torch.arange(n_angles // 2 + 1, dtype=torch.float64, device=device)
+    phase = torch.outer(torch.arange(n_psi, dtype=torch.float64, device=device) * (2 * math.pi / n_psi), q)
+    return torch.stack([phase.cos(), -phase.sin()], -1).reshape(n_psi, -1).to(dtype)
 
 
 def score_poses_inplane(
@@ -240,9 +253,10 @@ def score_poses_inplane(
     ramps = torch.polar(torch.ones((), dtype=real, device=dev), shifts.to(real) @ k.T).reshape(*shifts.shape[:-1], *pts.shape[:-1])
     G = G[:, None] * ramps  # [n, T, S, M]
     T = G.shape[1]
-    G = _half_spectrum(G, grid.weight).conj().permute(3, 0, 1, 2).reshape(Q, n * T, -1)  # [Q, nT, S]
+    G = _image_operand(_half_spectrum(G, grid.weight).reshape(n * T, -1, Q))  # [Q, 2S, nT]
     B = (torch.ones_like(grid.radius)[None, :, None] if C is None else C * C) / (2 * s2)
-    B = _half_spectrum(B.expand(n, *pts.shape[:-1]).to(fvol.dtype), grid.weight).conj().permute(2, 0, 1)  # [Q, n, S]
+    B = _image_operand(_half_spectrum(B.expand(n, *pts.shape[:-1]), grid.weight))  # [Q, 2S, n]
+    W = _synthesis(grid.n_angles, n_psi, real, dev)  # [n_psi, 2Q]
     # pose-free term over the Cartesian pixels, as in score_poses
     mask = cutoff_mask(box, 0.5 if cutoff is None else cutoff, dev)
     const = -((images.abs() ** 2).to(real) / (2 * pixel_sigma2(sigma2.to(real), box)) * mask).flatten(-2).sum(-1)
@@ -251,11 +265,12 @@ def score_poses_inplane(
     for lo in range(0, base_rotations.shape[0], step):
         rot = base_rotations[lo : lo + step].to(real)
         S = _polar_sections(fvol, rot, pts, box)  # [d, S, M]
-        S_hat = torch.fft.fft(S, dim=-1)[..., :Q].permute(2, 1, 0)  # [Q, S, d]
-        P_hat = torch.fft.fft(S.abs() ** 2, dim=-1)[..., :Q].permute(2, 1, 0).to(S.dtype)
-        cross = _to_psi(torch.bmm(G, S_hat), n_psi).reshape(n_psi, n, T, -1)  # [n_psi, n, T, d]
-        quad = _to_psi(torch.bmm(B, P_hat), n_psi)  # [n_psi, n, d]
-        out[:, lo : lo + rot.shape[0]] = (cross - quad[:, :, None]).permute(1, 3, 0, 2)
+        d = rot.shape[0]
+        S_hat = _reference_operand(torch.fft.fft(S, dim=-1)[..., :Q])  # [Q, 2d, 2S]
+        P_hat = _reference_operand(torch.fft.fft(S.abs() ** 2, dim=-1)[..., :Q])
+        cross = W @ torch.bmm(S_hat, G).view(2 * Q, d * n * T)  # rows (q, Re / Im) -> [n_psi, d n T]
+        quad = W @ torch.bmm(P_hat, B).view(2 * Q, d * n)  # [n_psi, d n]
+        out[:, lo : lo + d] = (cross.view(n_psi, d, n, T) - quad.view(n_psi, d, n, 1)).permute(2, 1, 0, 3)
     return out.add_(const[:, None, None, None])
 
 
