@@ -83,7 +83,7 @@ def polar_grid(box: int, cutoff: float | None = None, n_angles: int | None = Non
     radius = mean_r[rings]
     if n_angles is None:
         n_angles = 4 * math.ceil(2 * math.pi * float(radius.max()) / 4)
-    if n_angles < 4 or n_angles % 2:
+    if not isinstance(n_angles, int) or n_angles < 4 or n_angles % 2:
         raise InvalidValueError(f"polar grid needs an even number of angles >= 4, got {n_angles}")
     phi = torch.arange(n_angles, dtype=torch.float64, device=device) * (2 * math.pi / n_angles)
     points = radius[:, None, None] * torch.stack([phi.cos(), phi.sin()], -1)
@@ -235,7 +235,8 @@ def score_poses_inplane(
     `pixel_size` in Å) or None; base_rotations [D, 3, 3] (psi = 0); psi_j = 360 j / n_psi degrees; shifts
     [T, 2] or [n, T, 2] origins (x, y) in pixels; sigma2 [N // 2 + 1] or [n, N // 2 + 1]; cutoff in
     cycles/pixel (None: Nyquist; corners beyond it are not scored); n_angles: polar samples per ring
-    (default `polar_grid`'s). Computed in the real dtype of `fvol`, in chunks of base rotations.
+    (default `polar_grid`'s). Computed in the real dtype of `fvol`, in chunks of base rotations; the image-side
+    polar arrays [n, T, rings, n_angles] are held whole (chunk images in the caller for large batches).
     """
     n, box = images.shape[0], images.shape[-1]
     real = fvol.real.dtype
