@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -186,10 +186,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def write_star(path: str | Path, meta: ParticleMetadata, version: str = "relion31",
-               protect: Sequence[str | Path] = ()) -> None:
+               protect: Sequence[str | Path] = (), extra: Mapping[str, np.ndarray] | None = None) -> None:
     """Write RELION 3.1+ (data_optics + data_particles, origins in Å) or RELION 3.0 (one table, origins in pixels).
 
     Optics groups are split where voltage, Cs, amplitude contrast or pixel size differ within a group.
+    `extra` adds per-particle columns (label without the leading underscore -> [n] values), e.g.
+    rlnRandomSubset or cryoscope's own posterior spreads.
     """
     path = Path(path)
     if version not in ("relion30", "relion31"):
@@ -211,6 +213,11 @@ def write_star(path: str | Path, meta: ParticleMetadata, version: str = "relion3
         part["rlnCtfScalefactor"] = _np(meta.scale) if meta.scale is not None else 1.0
     if meta.class_number is not None:
         part["rlnClassNumber"] = _np(meta.class_number)
+    for label, values in (extra or {}).items():
+        values = np.asarray(values)
+        if values.shape != (meta.n,):
+            raise InvalidValueError(f"column {label} needs {meta.n} values, got shape {values.shape}", str(path))
+        part[label] = values
     optics_cols = {"rlnImagePixelSize": _np(px)}
     if meta.has_ctf:
         optics_cols |= {

@@ -1,24 +1,36 @@
-"""Refinement by expectation-maximisation with full marginalisation over rotations and in-plane shifts.
+"""Expectation-maximisation over class, rotation and in-plane shift: refinement (K = 1) and 3-D classification (K > 1).
 
-One iteration, for each gold-standard half-set h independently (its particles scored only against its
-own half-map, its poses backprojected only into its own grid):
+One iteration, for each gold-standard half-set h independently (its particles scored only against the
+K half-h maps, their poses backprojected only into half-h grids):
 
-- E-step (`likelihood.scoring`): log-likelihoods over a rotation grid x shift grid within the current
-  resolution cutoff (frequency marching), posteriors, best pose, posterior spread, pruning.
-- M-step: every kept pose (i, r, t) with weight w adds w · C_i · T_{+t} Y_i at the slice of rotation r
-  and w · C_i^2 to the weights of a `reconstruction.direct.DirectReconstructor` (the weight enters as
-  sqrt(w) on both the image and the CTF of an expanded `ParticleBatch`), and w |T_{+t} Y_i - C_i S_r|^2 to
-  the per-shell noise sums (expected residual power under the posterior).
-- Half-maps: solved with the default regulariser, then `n_wiener` times re-solved with a per-shell
-  Wiener term from their FSC (`reg_from_fsc`, as in the known-pose workflow); they are the next
-  references. The FSC = `fsc_threshold` crossing is the resolution, which becomes the next scoring
-  cutoff; the full map is their FSC-weighted average (`halfmaps.fsc_weighted_average`).
+- E-step (`likelihood.scoring`): log-likelihoods [n, K, R, T] over classes x a rotation grid x a shift grid
+  within the current resolution cutoff (frequency marching), plus log class fractions; posteriors over
+  (class, rotation, shift) jointly, best pose, posterior spread, class posterior, pruning.
+- M-step: every kept (i, k, r, t) with weight w adds w · C_i · T_{+t} Y_i at the slice of rotation r, and
+  w · C_i^2 to the weights, of class k's `reconstruction.direct.DirectReconstructor` (the weight enters as
+  sqrt(w) on both the image and the CTF of an expanded `ParticleBatch`); with point-group symmetry every pose
+  is added once per group element g as A g (weight w / |G|), so the maps come out symmetric. The expected
+  residual power w |T_{+t} Y_i - C_i S_r|^2 goes to the per-shell noise sums; class fractions are the mean
+  class posteriors.
+- Half-maps: solved with the default regulariser, then `n_wiener` times re-solved with a per-shell Wiener
+  term from their FSC (`reg_from_fsc`); a soft spherical mask (`mask_radius`) is applied to them before
+  they score the next iteration. The FSC = `fsc_threshold` crossing is each class's resolution; the
+  best class resolution is the next scoring cutoff (one cutoff for all classes keeps their likelihoods
+  comparable). Full maps are the FSC-weighted averages (`halfmaps.fsc_weighted_average`).
 
-Grids, coarse to fine: iteration 0 searches the global HEALPix grid of `healpix_order` (step
-60 / 2**order degrees) and a square shift grid; iteration j >= 1 searches a local grid of step
-step_0 / 2**j within `local_range_steps` steps around each particle's previous best rotation, and
-shifts of step shift_step / 2**j within the same number of steps around its previous best shift.
-Prior over poses: uniform on the searched grid. No point-group symmetry, no solvent mask.
+Grids, coarse to fine: iteration 0 searches the global HEALPix grid of `healpix_order` (step 60 / 2**order
+degrees; restricted to one asymmetric unit of directions under symmetry) and a square shift grid, unless
+prior poses are given; iteration j >= 1 (or every iteration, from prior poses) searches a local grid of
+step step_0 / 2**j within `local_range_steps` steps around each particle's previous best rotation (of its
+best class), and shifts of step shift_step / 2**j within as many steps around its previous best shift.
+
+Classes start from one map: iteration 0 scores poses against it and assigns each particle to a random
+class (seeded) for the M-step, RELION's random-subset initialisation; a class left with no particles is
+reported (`IterationStats.empty_classes`), keeps its map and gets zero fraction.
+
+Sharding: with a `distributed.DistContext` of world size > 1 every process handles its slice of each
+half-set and the sufficient statistics (reconstructor sums, noise sums, class weights) are all-reduced,
+the per-particle results gathered, so every process ends with the same state.
 """
 
 from __future__ import annotations
@@ -28,21 +40,25 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cryoscope.distributed import (
+    DistContext,
+    all_reduce_sum_,
+    gather_rows,
+    shard_indices,
+)
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.sampling import healpix_grid, healpix_step_deg, local_grid
-from cryoscope.io.metadata import ParticleMetadata
-from cryoscope.likelihood.data import ParticleSource, image_power_spectrum
+from cryoscope.geometry.symmetry import asymmetric_unit_mask, symmetry_group
+from cryoscope.likelihood.data import ParticleSource
 from cryoscope.likelihood.noise import n_shells, noise_spectrum, shell_power_sums
 from cryoscope.likelihood.scoring import (
-    PoseEstimate,
-    SignificantPoses,
     best_poses,
-    pose_posterior,
     score_poses,
     shift_grid,
     significant_poses,
 )
 from cryoscope.particles import ParticleBatch
+from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.projection import fourier_volume, slice_fourier_volume
 from cryoscope.physics.shift import translate
 from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
@@ -54,31 +70,79 @@ _POSE_CHUNK = 2048
 
 
 @dataclass
+class EMSettings:
+    """Search and reconstruction settings. Shifts in pixels, cutoffs in cycles/pixel, mask radius in pixels.
+
+    healpix_order: global grid (step 60 / 2**order degrees); local_range_steps: half-width of local grids in
+    grid steps; initial_cutoff: first scoring cutoff (and the lowest ever used); march_shells: shells beyond
+    the scoring cutoff that the reconstructions keep; rel_threshold / mass / max_poses: pruning of
+    negligible poses (`scoring.significant_poses`); n_wiener: FSC-Wiener re-solves per iteration;
+    mask_radius: soft spherical mask on the references (None: 0.45 N); symmetry: point group (C1, Cn, Dn, T, O, I);
+    max_cutoff: highest scoring cutoff (classification works best at limited resolution); once scoring reaches
+    it, the maps are reconstructed to Nyquist.
+    """
+
+    n_iter: int = 4
+    healpix_order: int = 1
+    max_shift: float = 3.0
+    shift_step: float = 1.0
+    initial_cutoff: float = 0.1
+    local_range_steps: float = 2.0
+    march_shells: int = 4
+    fsc_threshold: float = 0.143
+    rel_threshold: float = 1e-4
+    mass: float = 0.999
+    max_poses: int | None = 200
+    batch_size: int = 128
+    oversample: float = 2.0
+    n_wiener: int = 1
+    mask_radius: float | None = None
+    symmetry: str = "C1"
+    max_cutoff: float = 0.5
+
+    def validate(self) -> None:
+        if not (0 < self.initial_cutoff <= 0.5) or self.n_iter < 1 or self.batch_size < 1:
+            raise InvalidValueError(
+                f"need 0 < initial_cutoff <= 0.5 cycles/pixel, n_iter >= 1 and batch_size >= 1, "
+                f"got {self.initial_cutoff}, {self.n_iter}, {self.batch_size}"
+            )
+        symmetry_group(self.symmetry)
+
+
+@dataclass
 class IterationStats:
-    """What one iteration searched and found; cutoffs and resolution in cycles/pixel."""
+    """What one iteration searched and found; cutoffs and resolutions in cycles/pixel."""
 
     iteration: int
     cutoff: float
     reconstruction_cutoff: float
-    resolution: float
+    resolution: list[float]
     angular_step_deg: float
     n_rotations: int
     n_shifts: int
     mean_poses_kept: float
     median_angular_spread_deg: float
+    class_fractions: list[float]
+    empty_classes: list[int]
 
 
 @dataclass
-class RefinementResult:
-    """State after an iteration: maps [N, N, N], half-map FSC [N // 2 + 1], resolution (cycles/pixel),
-    per-particle best rotations [n, 3, 3], origins shifts_px [n, 2] (x, y, pixels), posterior spreads
-    (degrees, pixels), noise spectrum sigma2 [N // 2 + 1], half-set ids [n], scoring cutoff for the next
-    iteration, and the per-iteration history."""
+class EMResult:
+    """State after an iteration (also the resume point).
 
-    map: torch.Tensor
-    half_maps: tuple[torch.Tensor, torch.Tensor]
+    maps [K, N, N, N] (FSC-weighted full maps); half_maps [2, K, N, N, N] (masked: the next references);
+    fsc_half [K, N // 2 + 1]; resolution: per class (cycles/pixel); class_fractions [K];
+    class_posterior [n, K]; per particle: rotations [n, 3, 3] and origins shifts_px [n, 2] (x, y, pixels)
+    of the best pose, posterior spreads (degrees, pixels), best class; noise spectrum sigma2 [N // 2 + 1];
+    half-set ids [n]; scoring cutoff of the next iteration; iterations done; history.
+    """
+
+    maps: torch.Tensor
+    half_maps: torch.Tensor
     fsc_half: torch.Tensor
-    resolution: float
+    resolution: list[float]
+    class_fractions: torch.Tensor
+    class_posterior: torch.Tensor
     rotations: torch.Tensor
     shifts_px: torch.Tensor
     angular_spread_deg: torch.Tensor
@@ -86,150 +150,270 @@ class RefinementResult:
     sigma2: torch.Tensor
     half: torch.Tensor
     next_cutoff: float
+    iterations_done: int
     history: list[IterationStats] = field(default_factory=list)
 
+    @property
+    def map(self) -> torch.Tensor:
+        """The first (for refinement: the only) class map [N, N, N]."""
+        return self.maps[0]
 
-def _maximise(
-    rec: DirectReconstructor,
-    noise: list[torch.Tensor],
-    fvol: torch.Tensor,
-    Y: torch.Tensor,
-    C: torch.Tensor | None,
-    rotations: torch.Tensor,
-    shifts: torch.Tensor,
-    sig: SignificantPoses,
-    half: int,
-) -> None:
-    """M-step accumulation of the kept poses of one batch into `rec` and the noise sums [sums, counts]."""
-    box = Y.shape[-1]
-    for lo in range(0, sig.image.numel(), _POSE_CHUNK):
-        sl = slice(lo, lo + _POSE_CHUNK)
-        i, r, t, w = sig.image[sl], sig.rotation_index[sl], sig.shift_index[sl], sig.weight[sl].to(torch.float32)
-        R = rotations[r] if rotations.dim() == 3 else rotations[i, r]
-        o = shifts[t] if shifts.dim() == 2 else shifts[i, t]
-        Ci = torch.ones(i.numel(), box, box, device=Y.device) if C is None else C[i]
-        sq = w.sqrt()[:, None, None]
-        ids = torch.full((i.numel(),), half, dtype=torch.long, device=Y.device)
-        rec.add(ParticleBatch(Y[i] * sq, R.to(torch.float32), o.to(torch.float32), Ci * sq, ids, fourier=True))
-        S = slice_fourier_volume(fvol, R.to(torch.float32), box, rec.cutoff)
-        sums, counts = shell_power_sums(translate(Y[i], o.to(torch.float32)) - Ci * S, w)
-        noise[0] += sums
-        noise[1] += counts
+    @property
+    def best_class(self) -> torch.Tensor:
+        """[n] class of highest posterior."""
+        return self.class_posterior.argmax(-1)
 
 
 def _search_grids(
-    it: int, prev_R: torch.Tensor | None, prev_t: torch.Tensor | None, order: int,
-    max_shift: float, shift_step: float, local_range_steps: float, device: torch.device,
+    it: int, prev_R: torch.Tensor | None, prev_t: torch.Tensor | None, s: EMSettings, device: torch.device
 ) -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], float, int, int]:
-    """Per-batch grid builder (batch indices -> rotations, shifts), angular step, grid sizes."""
-    step0 = healpix_step_deg(order)
-    if it == 0 or prev_R is None:
-        grid = healpix_grid(order, torch.float32, device)
-        shifts = shift_grid(max_shift, shift_step, torch.float32, device)
+    """Per-batch grid builder (particle indices -> rotations, shifts), angular step, grid sizes."""
+    step0 = healpix_step_deg(s.healpix_order)
+    if prev_R is None:
+        grid = healpix_grid(s.healpix_order, torch.float64, device)
+        if s.symmetry.upper() != "C1":
+            grid = grid[asymmetric_unit_mask(grid[:, 2, :], s.symmetry)]  # viewing direction = third row of A
+        grid = grid.to(torch.float32)
+        shifts = shift_grid(s.max_shift, s.shift_step, torch.float32, device)
         return (lambda b: (grid, shifts)), step0, grid.shape[0], shifts.shape[0]
-    step = step0 / 2**it
-    sstep = shift_step / 2**it
-    offsets = shift_grid(local_range_steps * sstep, sstep, torch.float32, device)
-    K = local_grid(torch.eye(3)[None], local_range_steps * step, step).shape[1]
+    step = step0 / 2 ** max(it, 1)
+    sstep = s.shift_step / 2 ** max(it, 1)
+    offsets = shift_grid(s.local_range_steps * sstep, sstep, torch.float32, device)
+    K = local_grid(torch.eye(3, dtype=torch.float64)[None], s.local_range_steps * step, step).shape[1]
 
     def build(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        R = local_grid(prev_R[b].to(device, torch.float64), local_range_steps * step, step).to(torch.float32)
+        R = local_grid(prev_R[b].to(device, torch.float64), s.local_range_steps * step, step).to(torch.float32)
         return R, prev_t[b].to(device)[:, None, :] + offsets
 
     return build, step, K, offsets.shape[0]
 
 
-def refine(
-    meta: ParticleMetadata,
-    stack,
-    initial_map: torch.Tensor,
-    n_iter: int = 4,
-    healpix_order: int = 1,
-    max_shift: float = 3.0,
-    shift_step: float = 1.0,
-    initial_cutoff: float = 0.1,
-    local_range_steps: float = 2.0,
-    march_shells: int = 4,
-    fsc_threshold: float = 0.143,
-    rel_threshold: float = 1e-4,
-    mass: float = 0.999,
-    max_poses: int | None = 200,
-    batch_size: int = 128,
-    oversample: float = 2.0,
-    n_wiener: int = 1,
-    use_ctf: bool = True,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    on_iteration: Callable[[RefinementResult], None] | None = None,
-) -> RefinementResult:
-    """Gold-standard EM refinement of `initial_map` [N, N, N] (same frame and voxel size as the particles).
+class _Accumulator:
+    """M-step sums of one iteration: K reconstructors (2 half-sets each), noise sums, class weights."""
 
-    meta: particle metadata (pixel size, CTF; poses are not used); stack: indexable by numpy index
-    arrays -> images [m, N, N] (e.g. `io.mrc.ParticleStack`). Shifts in pixels; cutoffs in cycles/pixel:
-    iteration 0 scores up to `initial_cutoff`, later ones up to the previous FSC resolution (never below
-    `initial_cutoff`); reconstructions go `march_shells` shells beyond the scoring cutoff. Half-sets are
-    a seeded random split. Each iteration costs 2 + 2 `n_wiener` `DirectReconstructor.volume` solves.
-    `on_iteration` is called with the state after every iteration.
-    """
-    device = torch.device(device)
-    n, box = meta.n, initial_map.shape[-1]
-    if initial_map.dim() != 3 or len(set(initial_map.shape)) != 1:
-        raise InvalidValueError(f"initial map must be cubic [N, N, N], got {tuple(initial_map.shape)}")
-    if not (0 < initial_cutoff <= 0.5) or n_iter < 1:
-        raise InvalidValueError(f"need 0 < initial_cutoff <= 0.5 cycles/pixel and n_iter >= 1, got {initial_cutoff}, {n_iter}")
-    particles = ParticleSource(meta, stack, device, use_ctf)
+    def __init__(self, n_classes: int, box: int, cutoff: float, s: EMSettings, group: torch.Tensor, device: torch.device):
+        self.recs = [DirectReconstructor(box, s.oversample, cutoff, n_halves=2, device=device) for _ in range(n_classes)]
+        self.noise = torch.zeros(2, n_shells(box), dtype=torch.float64, device=device)
+        self.class_weight = torch.zeros(n_classes, dtype=torch.float64, device=device)
+        self.group = group.to(device, torch.float32)
+        self.box, self.cutoff = box, cutoff
+
+    def add(self, fvols: list[torch.Tensor], Y, C, rotations, shifts, image, cls, r_idx, t_idx, weight, half: int) -> None:
+        box, G = self.box, self.group
+        for lo in range(0, image.numel(), _POSE_CHUNK):
+            sl = slice(lo, lo + _POSE_CHUNK)
+            i, k, r, t, w = image[sl], cls[sl], r_idx[sl], t_idx[sl], weight[sl].to(torch.float32)
+            R = (rotations[r] if rotations.dim() == 3 else rotations[i, r]).to(torch.float32)
+            o = (shifts[t] if shifts.dim() == 2 else shifts[i, t]).to(torch.float32)
+            Ci = torch.ones(i.numel(), box, box, device=Y.device) if C is None else C[i]
+            for c in k.unique().tolist():
+                m = k == c
+                S = slice_fourier_volume(fvols[c], R[m], box, self.cutoff)
+                sums, counts = shell_power_sums(translate(Y[i[m]], o[m]) - Ci[m] * S, w[m])
+                self.noise[0] += sums.double()
+                self.noise[1] += counts.double()
+                g = G.shape[0]
+                sq = (w[m] / g).sqrt()[:, None, None].repeat_interleave(g, 0)
+                Rg = (R[m][:, None] @ G).reshape(-1, 3, 3)
+                ids = torch.full((Rg.shape[0],), half, dtype=torch.long, device=Y.device)
+                batch = ParticleBatch(
+                    Y[i[m]].repeat_interleave(g, 0) * sq, Rg, o[m].repeat_interleave(g, 0), Ci[m].repeat_interleave(g, 0) * sq, ids, fourier=True
+                )
+                self.recs[c].add(batch)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every sum, for an all-reduce across processes."""
+        out = [self.noise, self.class_weight]
+        for rec in self.recs:
+            out += [rec.num, rec.stencil, rec.count]
+        return out
+
+
+def _initial_state(
+    particles: ParticleSource, initial_maps: torch.Tensor, s: EMSettings, seed: int, ctx: DistContext
+) -> EMResult:
+    """Iteration-0 state: references = the initial maps in both half-sets, sigma2 = the image power spectrum."""
+    n, K, box = particles.n, initial_maps.shape[0], initial_maps.shape[-1]
     half = random_half_sets(n, seed)
-    refs = [initial_map.to(device, torch.float32)] * 2
-    sigma2 = image_power_spectrum(particles, batch_size)
-    cutoff = initial_cutoff
-    rotations = shifts = None
-    history: list[IterationStats] = []
-    result = None
-    for it in range(n_iter):
-        build, step, n_rot, n_shift = _search_grids(
-            it, rotations, shifts, healpix_order, max_shift, shift_step, local_range_steps, device
-        )
-        recon_cutoff = min(0.5, cutoff + march_shells / box)
-        rec = DirectReconstructor(box, oversample, recon_cutoff, n_halves=2, device=device)
-        noise = [torch.zeros(n_shells(box), device=device), torch.zeros(n_shells(box), device=device)]
-        new_R = torch.zeros(n, 3, 3)
-        new_t = torch.zeros(n, 2)
-        spread_a, spread_t = torch.zeros(n), torch.zeros(n)
-        kept = 0
+    sums, counts = particles.power_spectrum(shard_indices(torch.arange(n), ctx), s.batch_size)
+    sc = torch.stack([sums.double(), counts.double()])
+    all_reduce_sum_([sc], ctx)
+    sigma2 = noise_spectrum(sc[0], sc[1]).float()
+    maps = initial_maps.to(particles.device, torch.float32)
+    return EMResult(
+        maps=maps, half_maps=torch.stack([maps, maps]), fsc_half=torch.zeros(K, n_shells(box)), resolution=[0.0] * K,
+        class_fractions=torch.full((K,), 1.0 / K), class_posterior=torch.full((n, K), 1.0 / K),
+        rotations=torch.zeros(n, 3, 3), shifts_px=torch.zeros(n, 2), angular_spread_deg=torch.zeros(n),
+        shift_spread_px=torch.zeros(n), sigma2=sigma2, half=half, next_cutoff=s.initial_cutoff, iterations_done=0,
+    )
+
+
+def expectation_maximization(
+    particles: ParticleSource,
+    initial_maps: torch.Tensor,
+    settings: EMSettings | None = None,
+    prior_rotations: torch.Tensor | None = None,
+    prior_shifts_px: torch.Tensor | None = None,
+    seed: int = 0,
+    ctx: DistContext | None = None,
+    state: EMResult | None = None,
+    on_iteration: Callable[[EMResult], None] | None = None,
+) -> EMResult:
+    """Gold-standard EM of K maps from `initial_maps` [K, N, N, N] (or one map [N, N, N]) in the particles' frame.
+
+    K = 1 is refinement, K > 1 classification (module docstring). prior_rotations [n, 3, 3] /
+    prior_shifts_px [n, 2] (e.g. from ab-initio or a consensus refinement) replace the global search of
+    iteration 0 by a local one. `state` resumes from an `EMResult` passed to `on_iteration` (e.g. loaded
+    from a checkpoint): the remaining iterations then give the same result as an uninterrupted run.
+    """
+    s = settings or EMSettings()
+    s.validate()
+    device = particles.device
+    ctx = ctx or DistContext(0, 1, device)
+    maps0 = initial_maps[None] if initial_maps.dim() == 3 else initial_maps
+    if maps0.dim() != 4 or len(set(maps0.shape[1:])) != 1:
+        raise InvalidValueError(f"initial maps must be [N, N, N] or [K, N, N, N], got {tuple(initial_maps.shape)}")
+    K, box = maps0.shape[0], maps0.shape[-1]
+    n = particles.n
+    st = state or _initial_state(particles, maps0, s, seed, ctx)
+    if st.maps.shape != maps0.shape or st.half.numel() != n:
+        raise InvalidValueError("the resumed state does not match these particles and maps")
+    group = symmetry_group(s.symmetry, torch.float32)
+    mask = soft_mask(box, s.mask_radius or 0.45 * box, edge_width=0.05 * box, ndim=3, device=device)
+    have_prior = prior_rotations is not None
+    if have_prior and (prior_rotations.shape != (n, 3, 3) or prior_shifts_px is None or prior_shifts_px.shape != (n, 2)):
+        raise InvalidValueError(f"prior poses must be rotations [{n}, 3, 3] with shifts [{n}, 2] pixels")
+    random_start = K > 1 and st.iterations_done == 0 and bool((maps0 == maps0[:1]).all())
+    for it in range(st.iterations_done, s.n_iter):
+        if it == 0:
+            prev_R, prev_t = (prior_rotations.float(), prior_shifts_px.float()) if have_prior else (None, None)
+        else:
+            prev_R, prev_t = st.rotations, st.shifts_px
+        build, step, n_rot, n_shift = _search_grids(it, prev_R, prev_t, s, device)
+        cutoff = st.next_cutoff
+        recon_cutoff = 0.5 if cutoff >= s.max_cutoff else min(0.5, cutoff + s.march_shells / box)
+        acc = _Accumulator(K, box, recon_cutoff, s, group, device)
+        log_prior = st.class_fractions.to(device).clamp_min(1e-30).log()
+        out_R, out_t = torch.zeros(n, 3, 3), torch.zeros(n, 2)
+        out_sa, out_st, out_cls = torch.zeros(n), torch.zeros(n), torch.zeros(n, K)
+        kept = torch.zeros(1, dtype=torch.float64)
+        mine = []
+        assign = torch.randint(K, (n,), generator=torch.Generator().manual_seed(seed + 1)) if random_start and it == 0 else None
         for h in (0, 1):
-            fvol = fourier_volume(refs[h], oversample)
-            for b in torch.nonzero(half == h).flatten().split(batch_size):
+            fvols = [fourier_volume(st.half_maps[h, k].to(device), s.oversample) for k in range(K)]
+            idx_h = shard_indices(torch.nonzero(st.half == h).flatten(), ctx)
+            mine.append(idx_h)
+            for b in idx_h.split(s.batch_size):
                 Y, C = particles.load(b)
                 R_grid, t_grid = build(b)
-                ll = score_poses(fvol, Y, C, R_grid, t_grid, sigma2, cutoff)
-                post = pose_posterior(ll)
-                est: PoseEstimate = best_poses(ll, R_grid, t_grid, post)
-                sig = significant_poses(post, rel_threshold, mass, max_poses)
-                _maximise(rec, noise, fvol, Y, C, R_grid, t_grid, sig, h)
-                new_R[b], new_t[b] = est.rotations.cpu(), est.shifts.cpu()
-                spread_a[b], spread_t[b] = est.angular_spread_deg.cpu().float(), est.shift_spread_px.cpu().float()
+                ll = torch.stack([score_poses(fvols[k], Y, C, R_grid, t_grid, st.sigma2, cutoff) for k in range(K)], 1)
+                ll = ll + log_prior[None, :, None, None]
+                m, Rn, T = ll.shape[0], ll.shape[2], ll.shape[3]
+                post = torch.softmax(ll.reshape(m, -1), -1).reshape(m, K, Rn, T)
+                cls_post = post.sum((2, 3))
+                best_k = cls_post.argmax(-1)
+                ll_best = ll[torch.arange(m), best_k]
+                est = best_poses(ll_best, R_grid, t_grid)
+                if assign is not None:  # random-subset start: poses from the common map, classes at random
+                    one_hot = torch.zeros_like(post)
+                    one_hot[torch.arange(m), assign[b]] = post.sum(1)
+                    post = one_hot
+                sig = significant_poses(post.reshape(m, K * Rn, T), s.rel_threshold, s.mass, s.max_poses)
+                cls_idx, r_idx = sig.rotation_index // Rn, sig.rotation_index % Rn
+                acc.add(fvols, Y, C, R_grid, t_grid, sig.image, cls_idx, r_idx, sig.shift_index, sig.weight, h)
+                acc.class_weight += torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, cls_idx, sig.weight.double())
+                out_R[b], out_t[b] = est.rotations.cpu(), est.shifts.cpu()
+                out_sa[b], out_st[b] = est.angular_spread_deg.cpu().float(), est.shift_spread_px.cpu().float()
+                out_cls[b] = cls_post.cpu().float()
                 kept += sig.image.numel()
-        rotations, shifts = new_R, new_t
+        all_reduce_sum_([*acc.tensors(), kept], ctx)
+        mine_idx = torch.cat(mine)
+        out_R, out_t, out_sa, out_st, out_cls = (
+            gather_rows(x[mine_idx], mine_idx, n, ctx) for x in (out_R, out_t, out_sa, out_st, out_cls)
+        )
+        st = _maximization(st, acc, mask, s, it, cutoff, recon_cutoff, step, n_rot, n_shift, float(kept) / n,
+                           out_R, out_t, out_sa, out_st, out_cls)
+        if on_iteration is not None:
+            on_iteration(st)
+    return st
+
+
+def _maximization(
+    st: EMResult, acc: _Accumulator, mask: torch.Tensor, s: EMSettings, it: int, cutoff: float, recon_cutoff: float,
+    step: float, n_rot: int, n_shift: int, kept: float, R, t, spread_a, spread_t, cls_post,
+) -> EMResult:
+    """New maps, resolutions, noise spectrum and class fractions from the reduced sums."""
+    _K, box = len(acc.recs), acc.box
+    fractions = (acc.class_weight / acc.class_weight.sum().clamp_min(1e-30)).float().cpu()
+    halves, fulls, fscs, res, empty = st.half_maps.clone(), st.maps.clone(), st.fsc_half.clone(), list(st.resolution), []
+    for k, rec in enumerate(acc.recs):
+        if bool((rec.count == 0).any()) or float(fractions[k]) == 0.0:
+            empty.append(k)
+            fractions[k] = 0.0
+            continue
         h0, h1 = rec.volume(0), rec.volume(1)
-        for _ in range(n_wiener):
+        for _ in range(s.n_wiener):
             f = fsc(h0, h1)
             h0 = rec.volume(0, reg=reg_from_fsc(f, rec.shell_weights(0)))
             h1 = rec.volume(1, reg=reg_from_fsc(f, rec.shell_weights(1)))
-        f = fsc(h0, h1)
-        full = fsc_weighted_average(h0, h1, f)[0]
-        res = resolution_at(f, fsc_threshold, box)[0]
-        sigma2 = noise_spectrum(noise[0], noise[1])
-        history.append(
-            IterationStats(it, cutoff, recon_cutoff, res, step, n_rot, n_shift, kept / n, float(spread_a.median()))
-        )
-        cutoff = min(0.5, max(initial_cutoff, res))
-        refs = [h0, h1]
-        result = RefinementResult(
-            full, (h0, h1), f, res, rotations.clone(), shifts.clone(), spread_a, spread_t, sigma2, half, cutoff, list(history)
-        )
-        if on_iteration is not None:
-            on_iteration(result)
-    return result
+        f = fsc(h0 * mask, h1 * mask)
+        fulls[k] = fsc_weighted_average(h0, h1, f)[0]
+        halves[0, k], halves[1, k] = h0 * mask, h1 * mask
+        fscs[k] = f.float().cpu()
+        res[k] = resolution_at(f, s.fsc_threshold, box)[0]
+    sigma2 = noise_spectrum(acc.noise[0], acc.noise[1]).float().cpu()
+    stats = IterationStats(
+        it, cutoff, recon_cutoff, res, step, n_rot, n_shift, kept, float(spread_a.median()),
+        [float(x) for x in fractions], empty,
+    )
+    live = [r for k, r in enumerate(res) if k not in empty] or [s.initial_cutoff]
+    next_cutoff = min(s.max_cutoff, max(s.initial_cutoff, max(live)))
+    return EMResult(
+        maps=fulls, half_maps=halves, fsc_half=fscs, resolution=res, class_fractions=fractions,
+        class_posterior=cls_post, rotations=R, shifts_px=t, angular_spread_deg=spread_a, shift_spread_px=spread_t,
+        sigma2=sigma2, half=st.half, next_cutoff=next_cutoff, iterations_done=it + 1, history=[*st.history, stats],
+    )
 
 
-__all__ = ["IterationStats", "RefinementResult", "refine"]
+def refine(particles: ParticleSource, initial_map: torch.Tensor, settings: EMSettings | None = None, **kw) -> EMResult:
+    """Gold-standard refinement of one map [N, N, N] (`expectation_maximization` with K = 1)."""
+    if initial_map.dim() != 3:
+        raise InvalidValueError(f"refinement takes one map [N, N, N], got {tuple(initial_map.shape)}")
+    return expectation_maximization(particles, initial_map, settings, **kw)
+
+
+def classify(
+    particles: ParticleSource, initial_map: torch.Tensor, n_classes: int, settings: EMSettings | None = None, **kw
+) -> EMResult:
+    """3-D classification into `n_classes` maps, all started from `initial_map` [N, N, N] or given as [K, N, N, N]."""
+    if n_classes < 1:
+        raise InvalidValueError(f"need at least one class, got {n_classes}")
+    maps = initial_map if initial_map.dim() == 4 else initial_map[None].expand(n_classes, -1, -1, -1).clone()
+    if maps.shape[0] != n_classes:
+        raise InvalidValueError(f"{maps.shape[0]} initial maps for {n_classes} classes")
+    return expectation_maximization(particles, maps, settings, **kw)
+
+
+def state_dict(result: EMResult) -> dict:
+    """Checkpointable dict of tensors and plain values."""
+    d = {k: getattr(result, k) for k in EMResult.__dataclass_fields__ if k != "history"}
+    d["history"] = [vars(h) for h in result.history]
+    return d
+
+
+def from_state_dict(d: dict) -> EMResult:
+    """Inverse of `state_dict`."""
+    kw = {k: v for k, v in d.items() if k != "history"}
+    return EMResult(**kw, history=[IterationStats(**h) for h in d["history"]])
+
+
+__all__ = [
+    "EMResult",
+    "EMSettings",
+    "IterationStats",
+    "classify",
+    "expectation_maximization",
+    "from_state_dict",
+    "refine",
+    "state_dict",
+]

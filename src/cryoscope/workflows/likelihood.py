@@ -1,0 +1,207 @@
+"""Runs of the likelihood engine on files: input checks, checkpoints and resume, outputs (maps, STAR, metrics).
+
+Shared by `cryoscope refine`, `cryoscope classify` and `cryoscope abinitio` and by the demo. Output layout of
+a folder OUT: `checkpoint.pt` (the state after the last finished iteration; `--resume` continues from it),
+maps (`map.mrc`, `half_map1.mrc`, `half_map2.mrc` for one class; `class001.mrc`, `class001_half1.mrc`, ... for
+several), `particles.star` (best pose, origin, class, half-set, posterior spreads), `fsc.png`,
+`params.json` and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cryoscope.distributed import DistContext
+from cryoscope.errors import InvalidValueError
+from cryoscope.geometry.alignment import align_poses
+from cryoscope.io.checkpoint import CheckpointDir
+from cryoscope.io.metadata import ParticleMetadata
+from cryoscope.io.mrc import write_map
+from cryoscope.io.runinfo import write_metrics_json, write_params_json
+from cryoscope.io.star import read_star, write_star
+from cryoscope.likelihood.data import ParticleSource
+from cryoscope.likelihood.em import (
+    EMResult,
+    EMSettings,
+    expectation_maximization,
+    from_state_dict,
+    state_dict,
+)
+from cryoscope.physics.filters import fourier_resize
+from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
+from cryoscope.validation.align import fsc_after_alignment
+from cryoscope.validation.fsc import resolution_at
+
+
+def open_particles(
+    star: str | Path, pixel_size: float | None = None, use_ctf: bool = True, device: torch.device | str = "cpu", batch_size: int = 512
+) -> tuple[ParticleMetadata, ParticleSource]:
+    """Read a particle STAR file and its images; CTF off (with a warning) when the file has no CTF columns.
+
+    Every image is checked for NaN/Inf before any work is done (one pass over the stack).
+    """
+    meta = read_star(star, pixel_size=pixel_size)
+    if pixel_size is not None:
+        meta = meta.with_overrides(pixel_size=pixel_size)
+    if use_ctf and not meta.has_ctf:
+        warnings.warn(f"{star}: no CTF columns; running with the CTF off", stacklevel=2)
+        use_ctf = False
+    stack = meta.images()
+    for lo in range(0, meta.n, batch_size):
+        chunk = np.asarray(stack[np.arange(lo, min(meta.n, lo + batch_size))])
+        if not np.isfinite(chunk).all():
+            bad = lo + int(np.nonzero(~np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(-1))[0][0])
+            raise InvalidValueError(f"particle {bad + 1} has NaN or Inf pixels", str(star))
+    return meta, ParticleSource(meta, stack, device, use_ctf)
+
+
+def lowpass(vol: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Sharp low-pass of maps [..., N, N, N] at `cutoff` cycles/pixel (shells round(|k|) <= cutoff N kept)."""
+    n = vol.shape[-1]
+    return ifft3c(fft3c(vol) * (radial_index_3d(n, vol.device) <= cutoff * n)).real.to(vol.dtype)
+
+
+def match_map(vol: torch.Tensor, voxel_size: float, box: int, pixel_size: float, source: str) -> torch.Tensor:
+    """A reference map [M, M, M] at `voxel_size` Å brought to the particles' box and pixel size (Fourier crop/pad)."""
+    if abs(voxel_size - pixel_size) / pixel_size > 1e-3:
+        m = round(vol.shape[-1] * voxel_size / pixel_size)
+        if abs(m * pixel_size - vol.shape[-1] * voxel_size) / (vol.shape[-1] * voxel_size) > 0.01:
+            raise InvalidValueError(f"voxel size {voxel_size:g} Å cannot be resampled to the particles' {pixel_size:g} Å", source)
+        vol = fourier_resize(vol, m, ndim=3)
+    if vol.shape[-1] != box:
+        vol = _crop_or_pad(vol, box)
+    return vol
+
+
+def _crop_or_pad(vol: torch.Tensor, box: int) -> torch.Tensor:
+    m = vol.shape[-1]
+    if m > box:
+        lo = m // 2 - box // 2
+        return vol[lo : lo + box, lo : lo + box, lo : lo + box]
+    lo = box // 2 - m // 2
+    return torch.nn.functional.pad(vol, (lo, box - m - lo) * 3)
+
+
+def run_em(
+    particles: ParticleSource,
+    initial_maps: torch.Tensor,
+    settings: EMSettings,
+    out_dir: str | Path,
+    params: dict,
+    seed: int = 0,
+    resume: bool = False,
+    ctx: DistContext | None = None,
+    prior_rotations: torch.Tensor | None = None,
+    prior_shifts_px: torch.Tensor | None = None,
+    progress: bool = True,
+) -> EMResult:
+    """EM with a checkpoint after every iteration in `out_dir`; `resume` continues from the last one.
+
+    `params` (JSON-able) must equal the checkpointed run's: resuming with other settings is an error.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = CheckpointDir(out, params)
+    state = None
+    if resume and ckpt.exists():
+        state = from_state_dict(ckpt.load()[1])
+    elif resume:
+        warnings.warn(f"{ckpt.path}: no checkpoint to resume from; starting from the beginning", stacklevel=2)
+    is_main = ctx is None or ctx.is_main
+    bar = tqdm(total=settings.n_iter, initial=0 if state is None else state.iterations_done, desc="EM", unit="iter", disable=not (progress and is_main))
+
+    def on_iteration(st: EMResult) -> None:
+        if is_main:
+            ckpt.save(st.iterations_done, state_dict(st))
+        bar.update(1)
+        bar.set_postfix(res=f"{max(st.resolution):.3f}", cutoff=f"{st.next_cutoff:.3f}")
+
+    result = expectation_maximization(
+        particles, initial_maps, settings, prior_rotations, prior_shifts_px, seed=seed, ctx=ctx, state=state, on_iteration=on_iteration,
+    )
+    bar.close()
+    return result
+
+
+def particle_table(meta: ParticleMetadata, result: EMResult, pixel_size: float) -> tuple[ParticleMetadata, dict[str, np.ndarray]]:
+    """Metadata with the refined poses, origins (Å) and classes, plus the extra STAR columns (spreads, posteriors)."""
+    out = ParticleMetadata(**{**vars(meta), "rotations": result.rotations.double(), "euler": None,
+                              "shifts_A": result.shifts_px.double() * pixel_size, "class_number": result.best_class + 1})
+    post = result.class_posterior
+    extra = {
+        "rlnRandomSubset": (result.half + 1).numpy(),
+        "rlnMaxValueProbDistribution": post.max(-1).values.numpy(),
+        "cryoscopeAngularSpreadDeg": result.angular_spread_deg.numpy(),
+        "cryoscopeShiftSpreadPx": result.shift_spread_px.numpy(),
+    }
+    if post.shape[1] > 1:
+        for k in range(post.shape[1]):
+            extra[f"cryoscopeClassPosterior{k + 1:03d}"] = post[:, k].numpy()
+    return out, extra
+
+
+def write_em_outputs(
+    result: EMResult,
+    meta: ParticleMetadata,
+    out_dir: str | Path,
+    pixel_size: float,
+    protect: tuple = (),
+    references: torch.Tensor | None = None,
+    true_rotations: torch.Tensor | None = None,
+    symmetry: str = "C1",
+) -> dict:
+    """Maps, half-maps, particles.star and fsc.png into `out_dir`; returns the metrics.
+
+    references [K, N, N, N] (truth maps in any gauge) add the FSC against them after rigid alignment
+    (rotation, shift, hand); true_rotations [n, 3, 3] add the pose error after gauge alignment.
+    """
+    from cryoscope.report.plots import plot_fsc
+
+    out = Path(out_dir)
+    K, box = result.maps.shape[0], result.maps.shape[-1]
+    names = ["map"] if K == 1 else [f"class{k + 1:03d}" for k in range(K)]
+    curves, metrics = {}, {"n_particles": meta.n, "box": box, "pixel_size_A": pixel_size, "n_classes": K, "iterations": result.iterations_done}
+    for k, name in enumerate(names):
+        write_map(out / f"{name}.mrc", result.maps[k], pixel_size, protect)
+        for h in (0, 1):
+            half_name = f"half_map{h + 1}" if K == 1 else f"{name}_half{h + 1}"
+            write_map(out / f"{half_name}.mrc", result.half_maps[h, k], pixel_size, protect)
+        cyc = result.resolution[k]
+        metrics[f"{name}_halfmap_fsc_0.143_cycles_per_pixel"] = cyc
+        metrics[f"{name}_halfmap_fsc_0.143_A"] = pixel_size / cyc if cyc > 0 else math.inf
+        metrics[f"{name}_fraction"] = float(result.class_fractions[k])
+        curves[f"{name}: half-maps"] = result.fsc_half[k]
+        if references is not None:
+            aligned = fsc_after_alignment(result.maps[k].cpu(), references[k].to(result.maps.dtype))
+            curves[f"{name} vs truth"] = aligned.fsc
+            for thr in (0.5, 0.143):
+                c, a = resolution_at(aligned.fsc, thr, box, pixel_size)
+                metrics[f"{name}_truth_fsc_{thr}_cycles_per_pixel"], metrics[f"{name}_truth_fsc_{thr}_A"] = c, a
+    if true_rotations is not None:
+        _, flip, err = align_poses(result.rotations.double(), true_rotations.double(), symmetry)
+        metrics["pose_error_median_deg"] = float(err.median())
+        metrics["pose_error_mean_deg"] = float(err.mean())
+        metrics["pose_gauge_flip"] = bool(flip)
+    metrics["empty_classes"] = result.history[-1].empty_classes if result.history else []
+    metrics["history"] = [vars(h) for h in result.history]
+    table, extra = particle_table(meta, result, pixel_size)
+    write_star(out / "particles.star", table, protect=protect, extra=extra)
+    plot_fsc(out / "fsc.png", curves, box, pixel_size)
+    return metrics
+
+
+def finish_run(out_dir: str | Path, params: dict, metrics: dict, started: float) -> None:
+    """params.json and metrics.json (with the wall time) beside the outputs."""
+    out = Path(out_dir)
+    write_params_json(out / "params.json", params)
+    write_metrics_json(out / "metrics.json", {**metrics, "seconds": time.perf_counter() - started})
+
+
+__all__ = ["finish_run", "lowpass", "match_map", "open_particles", "particle_table", "run_em", "write_em_outputs"]
