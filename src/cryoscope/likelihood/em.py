@@ -19,8 +19,8 @@ K half-h maps, their poses backprojected only into half-h grids):
   comparable). Full maps are the FSC-weighted averages (`halfmaps.fsc_weighted_average`).
 
 Grids, coarse to fine: iteration 0 searches the global HEALPix grid of `healpix_order` (step 60 / 2**order
-degrees; restricted to one asymmetric unit of directions under symmetry) and a square shift grid, unless
-prior poses are given; iteration j >= 1 (or every iteration, from prior poses) searches a local grid of
+degrees; restricted to one asymmetric unit of directions under symmetry; in-plane angles scored by polar
+resampling and FFT, `likelihood.inplane`) and a square shift grid, unless prior poses are given; iteration j >= 1 (or every iteration, from prior poses) searches a local grid of
 step step_0 / 2**j within `local_range_steps` steps around each particle's previous best rotation (of its
 best class), and shifts of step shift_step / 2**j within as many steps around its previous best shift.
 
@@ -47,9 +47,10 @@ from cryoscope.distributed import (
     shard_indices,
 )
 from cryoscope.errors import InvalidValueError
-from cryoscope.geometry.sampling import healpix_grid, healpix_step_deg, local_grid
+from cryoscope.geometry.sampling import healpix_step_deg, local_grid
 from cryoscope.geometry.symmetry import asymmetric_unit_mask, symmetry_group
 from cryoscope.likelihood.data import ParticleSource
+from cryoscope.likelihood.inplane import healpix_base_rotations, inplane_rotations, score_poses_inplane
 from cryoscope.likelihood.noise import n_shells, noise_spectrum, shell_power_sums
 from cryoscope.likelihood.scoring import (
     best_poses,
@@ -166,16 +167,18 @@ class EMResult:
 
 def _search_grids(
     it: int, prev_R: torch.Tensor | None, prev_t: torch.Tensor | None, s: EMSettings, device: torch.device
-) -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], float, int, int]:
-    """Per-batch grid builder (particle indices -> rotations, shifts), angular step, grid sizes."""
+) -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], float, int, int, tuple[torch.Tensor, int] | None]:
+    """Per-batch grid builder (particle indices -> rotations, shifts), angular step, grid sizes, and for the
+    global grid its factorisation (base rotations [D, 3, 3], n_psi) for in-plane scoring by FFT."""
     step0 = healpix_step_deg(s.healpix_order)
     if prev_R is None:
-        grid = healpix_grid(s.healpix_order, torch.float64, device)
+        base, n_psi = healpix_base_rotations(s.healpix_order, torch.float64, device)
         if s.symmetry.upper() != "C1":
-            grid = grid[asymmetric_unit_mask(grid[:, 2, :], s.symmetry)]  # viewing direction = third row of A
-        grid = grid.to(torch.float32)
+            base = base[asymmetric_unit_mask(base[:, 2, :], s.symmetry)]  # viewing direction = third row of A
+        base = base.to(torch.float32)
+        grid = inplane_rotations(base, n_psi)
         shifts = shift_grid(s.max_shift, s.shift_step, torch.float32, device)
-        return (lambda b: (grid, shifts)), step0, grid.shape[0], shifts.shape[0]
+        return (lambda b: (grid, shifts)), step0, grid.shape[0], shifts.shape[0], (base, n_psi)
     step = step0 / 2 ** max(it, 1)
     sstep = s.shift_step / 2 ** max(it, 1)
     offsets = shift_grid(s.local_range_steps * sstep, sstep, torch.float32, device)
@@ -185,7 +188,16 @@ def _search_grids(
         R = local_grid(prev_R[b].to(device, torch.float64), s.local_range_steps * step, step).to(torch.float32)
         return R, prev_t[b].to(device)[:, None, :] + offsets
 
-    return build, step, K, offsets.shape[0]
+    return build, step, K, offsets.shape[0], None
+
+
+def _score(fvol, Y, C, R_grid, t_grid, sigma2, cutoff, inplane: tuple[torch.Tensor, int] | None) -> torch.Tensor:
+    """Log-likelihoods [n, R, T]: in-plane angles by polar FFT on the global grid, brute force on local grids."""
+    if inplane is None:
+        return score_poses(fvol, Y, C, R_grid, t_grid, sigma2, cutoff)
+    base, n_psi = inplane
+    ll = score_poses_inplane(fvol, Y, C, base, n_psi, t_grid, sigma2, cutoff)
+    return ll.reshape(Y.shape[0], -1, ll.shape[-1])
 
 
 class _Accumulator:
@@ -289,7 +301,7 @@ def expectation_maximization(
             prev_R, prev_t = (prior_rotations.float(), prior_shifts_px.float()) if have_prior else (None, None)
         else:
             prev_R, prev_t = st.rotations, st.shifts_px
-        build, step, n_rot, n_shift = _search_grids(it, prev_R, prev_t, s, device)
+        build, step, n_rot, n_shift, inplane = _search_grids(it, prev_R, prev_t, s, device)
         cutoff = st.next_cutoff
         recon_cutoff = 0.5 if cutoff >= s.max_cutoff else min(0.5, cutoff + s.march_shells / box)
         acc = _Accumulator(K, box, recon_cutoff, s, group, device)
@@ -306,7 +318,7 @@ def expectation_maximization(
             for b in idx_h.split(s.batch_size):
                 Y, C = particles.load(b)
                 R_grid, t_grid = build(b)
-                ll = torch.stack([score_poses(fvols[k], Y, C, R_grid, t_grid, st.sigma2, cutoff) for k in range(K)], 1)
+                ll = torch.stack([_score(fvols[k], Y, C, R_grid, t_grid, st.sigma2, cutoff, inplane) for k in range(K)], 1)
                 ll = ll + log_prior[None, :, None, None]
                 m, Rn, T = ll.shape[0], ll.shape[2], ll.shape[3]
                 post = torch.softmax(ll.reshape(m, -1), -1).reshape(m, K, Rn, T)
