@@ -189,17 +189,15 @@ def _initial_state(particles: ParticleSource, box: int, s: _Settings, geo: _Geom
     maps = (blobs / blobs.flatten(1).std(1)[:, None, None, None] + 0.5).clamp_min(0) * inner
     idx = torch.randperm(particles.n, generator=g)[: min(s.batch_size, particles.n)]
     Y, C = particles.load(idx.to(device))
-    mask2 = cutoff_mask(box, s.initial_cutoff, device)
-    inv = mask2 / sigma2.to(device)[shell_map(box, device)]
+    pix = cutoff_mask(box, s.initial_cutoff, device).reshape(-1).nonzero().squeeze(1)
+    inv = 1 / sigma2.to(device)[shell_map(box, device)].reshape(-1)[pix]  # [P]
+    Cp = torch.ones(1, pix.numel(), device=device) if C is None else C.reshape(C.shape[0], -1)[:, pix]
+    Yp = Y.reshape(Y.shape[0], -1)[:, pix] * Cp * inv  # cross[i, r] = Re sum conj(Y) C S / sigma2
     for k in range(K):
         fvol = fourier_volume(maps[k], _OVERSAMPLE)
-        cross = torch.zeros(Y.shape[0], geo.grid.shape[0], device=device)
-        quad = torch.zeros_like(cross)
-        for lo in range(0, geo.grid.shape[0], 256):
-            S = slice_fourier_volume(fvol, geo.grid[lo : lo + 256], box, s.initial_cutoff)  # [r, N, N]
-            CS = S[None] if C is None else C[:, None] * S[None]  # [n, r, N, N]
-            cross[:, lo : lo + 256] = (Y[:, None].conj() * CS).real.mul(inv).flatten(2).sum(-1)
-            quad[:, lo : lo + 256] = (CS.abs() ** 2 * inv).flatten(2).sum(-1)
+        S = slice_fourier_volume(fvol, geo.grid, box, s.initial_cutoff).reshape(geo.grid.shape[0], -1)[:, pix]
+        cross = Yp.real @ S.real.T + Yp.imag @ S.imag.T  # [n, R]
+        quad = (Cp**2 * inv) @ (S.abs() ** 2).T
         best = (cross / quad.clamp_min(1e-30).sqrt()).argmax(1)
         rows = torch.arange(Y.shape[0], device=device)
         scale = float(cross[rows, best].sum() / quad[rows, best].sum().clamp_min(1e-30))
