@@ -12,11 +12,18 @@ and the rotations. Only the Hermitian half of each slice is interpolated; the ot
 complex conjugate. `backproject` is the transpose of the same real-linear map (scatter-add of the
 same 8 weights, inverse FFT, crop, gridding correction), so <P v, y> = <v, P* y> with the real
 inner product Re sum conj(a) b.
+
+`kernel="kbW"` (W = 3..8) selects a separable Kaiser-Bessel kernel of width W grid points instead
+(W^3 neighbours, gridding correction = its numerically integrated Fourier transform): about 1e-3
+(W = 3) to 1e-5 (W = 5) relative error against exact line integrals at oversample 2, versus ~2e-2
+for trilinear. Grids made with one kernel must be sliced with the same kernel (the border differs).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +37,56 @@ from cryoscope.physics.fourier import centered_coords, fft2c, fft3c, ifft2c, iff
 _LOW, _HIGH = 1, 2
 # Upper bound on gathered corner values per chunk (n * points * 8), to cap transient memory.
 _CHUNK_CORNERS = 1 << 24
+_QUADRATURE_POINTS = 4096
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """Separable interpolation kernel: `width` grid points per axis, Kaiser-Bessel shape `beta` (0: triangle)."""
+
+    width: int
+    beta: float
+
+    @property
+    def low(self) -> int:
+        """Zero layers below the interior: clamped samples then only weigh zeros (1 for trilinear)."""
+        return self.width - 1
+
+    @property
+    def high(self) -> int:
+        return self.width
+
+    def weights(self, u: torch.Tensor) -> torch.Tensor:
+        """Kernel value at distance u (grid units); 0 for |u| >= width / 2."""
+        r = 2 * u / self.width
+        if self.beta == 0:
+            return (1 - r.abs()).clamp_min(0)
+        s = (1 - r * r).clamp_min(1e-20).sqrt()
+        inside = r.abs() < 1
+        return torch.where(inside, torch.special.i0(self.beta * s) / torch.special.i0(torch.tensor(self.beta)), 0.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel(name: str, oversample: float) -> _Kernel:
+    """'trilinear' or 'kbW' (Kaiser-Bessel, W in 3..8).
+
+    Shape beta = 1.15 pi W (1 - 1 / (2 oversample)): 15 % above the classical alias-free bound, the
+    minimum of the projection error of band-limited test maps at oversample 2 (about 2.7 W).
+    """
+    if name == "trilinear":
+        return _Kernel(2, 0.0)
+    if re.fullmatch(r"kb[3-8]", name):
+        w = int(name[2:])
+        beta = 1.15 * math.pi * w * (1 - 1 / (2 * oversample))
+        return _Kernel(w, beta)
+    raise InvalidValueError(f"unknown interpolation kernel {name!r}: expected 'trilinear' or 'kb3' .. 'kb8'")
+
+
+def _grid_kernel(size: int, box: int, kernel: str) -> tuple[_Kernel, int]:
+    """Kernel and padded size M of a bordered grid of edge `size` made with `kernel`."""
+    k0 = _kernel(kernel, 2.0)
+    m = size - k0.low - k0.high
+    return _kernel(kernel, m / box), m
 
 
 def padded_size(box: int, oversample: float) -> int:
@@ -39,25 +96,36 @@ def padded_size(box: int, oversample: float) -> int:
     return max(box, int(round(oversample * box)))
 
 
-def grid_size(box: int, oversample: float) -> int:
-    """Edge of the bordered Fourier grid used by this module: padded size M plus the zero border."""
-    return padded_size(box, oversample) + _LOW + _HIGH
+def grid_size(box: int, oversample: float, kernel: str = "trilinear") -> int:
+    """Edge of the bordered Fourier grid used by this module: padded size M plus the zero border
+    (3 for trilinear, 2 W - 1 for a width-W kernel)."""
+    k = _kernel(kernel, oversample)
+    return padded_size(box, oversample) + k.low + k.high
 
 
-def grid_interior(grid: torch.Tensor) -> torch.Tensor:
-    """View of the M^3 centred transform inside a bordered grid [..., M+3, M+3, M+3]."""
-    m = grid.shape[-1] - _LOW - _HIGH
-    return grid[..., _LOW : _LOW + m, _LOW : _LOW + m, _LOW : _LOW + m]
+def grid_interior(grid: torch.Tensor, kernel: str = "trilinear") -> torch.Tensor:
+    """View of the M^3 centred transform inside a bordered grid [..., M + border, ...]."""
+    k = _kernel(kernel, 2.0)
+    lo, m = k.low, grid.shape[-1] - k.low - k.high
+    return grid[..., lo : lo + m, lo : lo + m, lo : lo + m]
 
 
-def gridding_correction(box: int, padded: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """[N, N, N] real-space transform of the trilinear kernel on an M grid: prod over axes sinc^2(x / M).
+def gridding_correction(box: int, padded: int, device=None, dtype=torch.float32, kernel: str = "trilinear") -> torch.Tensor:
+    """[N, N, N] real-space transform of the interpolation kernel on an M grid, a product over axes.
 
+    Trilinear: sinc^2(x / M); Kaiser-Bessel: its Fourier integral (midpoint quadrature).
     x in pixels from the centre N // 2. Maps are divided by it before the forward FFT and
     backprojections after the inverse FFT.
     """
     x = centered_coords(box, device, torch.float64) / padded
-    s = torch.sinc(x) ** 2
+    k = _kernel(kernel, padded / box)
+    if k.beta == 0:
+        s = torch.sinc(x) ** 2
+    else:
+        h = k.width / _QUADRATURE_POINTS
+        u = (torch.arange(_QUADRATURE_POINTS, device=device, dtype=torch.float64) + 0.5) * h - k.width / 2
+        phi = k.weights(u)
+        s = (phi * torch.cos(2 * math.pi * x[:, None] * u)).sum(1) * h
     return (s[:, None, None] * s[None, :, None] * s[None, None, :]).to(dtype)
 
 
@@ -69,10 +137,11 @@ def _negate_odd(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def fourier_volume(volume: torch.Tensor, oversample: float = 2.0) -> torch.Tensor:
+def fourier_volume(volume: torch.Tensor, oversample: float = 2.0, kernel: str = "trilinear") -> torch.Tensor:
     """Padded, gridding-corrected centred 3-D transform of a map [N, N, N] -> complex [M+3, M+3, M+3].
 
-    The transform of the M box sits at [1:M+1] in each axis, surrounded by zeros. For even M the
+    The transform of the M box sits at [1:M+1] in each axis, surrounded by zeros (for a width-W
+    `kernel`: at [W-1:W-1+M] in a grid of edge M + 2W - 1). For even M the
     centring shifts are done as sign flips in place, so the peak memory is the padded real box plus
     one complex M^3 transform and the output (about 2 GB at N = 256 in float32).
     """
@@ -80,19 +149,20 @@ def fourier_volume(volume: torch.Tensor, oversample: float = 2.0) -> torch.Tenso
     if volume.dim() != 3 or len(set(volume.shape)) != 1:
         raise InvalidValueError(f"expected a cubic map [N, N, N], got shape {tuple(volume.shape)}")
     m = padded_size(n, oversample)
+    k = _kernel(kernel, oversample)
     lo = m // 2 - n // 2
-    corrected = volume / gridding_correction(n, m, volume.device, volume.dtype)
+    corrected = volume / gridding_correction(n, m, volume.device, volume.dtype, kernel)
     if m % 2:
         padded = torch.nn.functional.pad(corrected, (lo, m - n - lo) * 3)
-        return torch.nn.functional.pad(fft3c(padded), (_LOW, _HIGH) * 3)
+        return torch.nn.functional.pad(fft3c(padded), (k.low, k.high) * 3)
     # centred DFT for even M: F_c[k] = (-1)^(M/2) (-1)^k DFT[(-1)^x f][k]
     padded = volume.new_zeros(m, m, m)
     padded[lo : lo + n, lo : lo + n, lo : lo + n] = corrected
     del corrected
     F = torch.fft.fftn(_negate_odd(padded))
     del padded
-    out = F.new_zeros(m + _LOW + _HIGH, m + _LOW + _HIGH, m + _LOW + _HIGH)
-    inner = grid_interior(out)
+    out = F.new_zeros((m + k.low + k.high,) * 3)
+    inner = grid_interior(out, kernel)
     inner.copy_(F)
     del F
     _negate_odd(inner)
@@ -101,9 +171,9 @@ def fourier_volume(volume: torch.Tensor, oversample: float = 2.0) -> torch.Tenso
     return out
 
 
-def fourier_volume_adjoint(grid: torch.Tensor, box: int) -> torch.Tensor:
+def fourier_volume_adjoint(grid: torch.Tensor, box: int, kernel: str = "trilinear") -> torch.Tensor:
     """Adjoint of `fourier_volume`: bordered complex grid [M+3]^3 -> real map [N, N, N]."""
-    inner = grid_interior(grid)
+    inner = grid_interior(grid, kernel)
     m = inner.shape[-1]
     lo = m // 2 - box // 2
     crop = (slice(lo, lo + box),) * 3
@@ -117,7 +187,7 @@ def fourier_volume_adjoint(grid: torch.Tensor, box: int) -> torch.Tensor:
         parity = (torch.arange(lo, lo + box, device=vol.device) % 2) * 2 - 1  # -1 for even, +1 for odd index
         sign = -parity if (m // 2) % 2 == 0 else parity
         vol = vol * (sign[:, None, None] * sign[None, :, None] * sign[None, None, :]).to(vol.dtype)
-    return vol / gridding_correction(box, m, vol.device, vol.dtype)
+    return vol / gridding_correction(box, m, vol.device, vol.dtype, kernel)
 
 
 @dataclass(frozen=True)
@@ -205,13 +275,45 @@ def fold_half_slices(images: torch.Tensor, layout: SliceLayout) -> torch.Tensor:
     return values
 
 
+def _separable(
+    rotations: torch.Tensor, freqs: torch.Tensor, size: int, scale: float, k: _Kernel
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Width-W neighbours of the samples scale * A^T k in a bordered grid [size]^3.
+
+    -> flat indices of the lowest neighbour [n, P] (int64) and kernel weights [3, W, n, P] (x, y, z axes).
+    Coordinates are clamped to [W/2 - 1, size - W/2 - 1], where every interior voxel is >= W/2 away.
+    """
+    m = size - k.low - k.high
+    coords = torch.einsum("nij,pi->jnp", rotations, freqs.to(rotations.dtype)) * scale + (m // 2 + k.low)
+    coords = coords.clamp(k.width / 2 - 1, size - k.width / 2 - 1)
+    base = (coords.detach() - k.width / 2).floor() + 1
+    j = torch.arange(k.width, device=coords.device, dtype=coords.dtype)[:, None, None]
+    w = torch.stack([k.weights(coords[a] - base[a] - j) for a in range(3)])
+    b = base.long()
+    return (b[2] * size + b[1]) * size + b[0], w
+
+
+def _separable_offsets(size: int, width: int, device) -> torch.Tensor:
+    """Flat offsets [W^3, 1, 1] of the neighbours, x fastest then y then z."""
+    j = torch.arange(width, device=device)
+    return ((j[:, None, None] * size + j[None, :, None]) * size + j[None, None, :]).reshape(-1, 1, 1)
+
+
+def _separable_weights(w: torch.Tensor) -> torch.Tensor:
+    """Per-axis weights [3, W, n, P] -> products [W^3, n, P] (x fastest)."""
+    return (w[2][:, None, None] * w[1][None, :, None] * w[0][None, None, :]).reshape(-1, *w.shape[2:])
+
+
 def slice_fourier_volume(
-    fvol: torch.Tensor, rotations: torch.Tensor, box: int, cutoff: float | None = None
+    fvol: torch.Tensor, rotations: torch.Tensor, box: int, cutoff: float | None = None, kernel: str = "trilinear"
 ) -> torch.Tensor:
     """Central slices [n, N, N] (centred transforms of the projections) of a `fourier_volume`.
 
-    rotations [n, 3, 3] RELION matrices; `cutoff` in cycles/pixel (pixels beyond it are zero).
+    rotations [n, 3, 3] RELION matrices; `cutoff` in cycles/pixel (pixels beyond it are zero);
+    `kernel`: the one `fvol` was made with.
     """
+    if kernel != "trilinear":
+        return _slice_separable(fvol, rotations, box, cutoff, kernel)
     size = fvol.shape[-1]
     scale = (size - _LOW - _HIGH) / box
     layout = slice_layout(box, cutoff, fvol.device)
@@ -230,19 +332,52 @@ def slice_fourier_volume(
     return torch.cat(out, 0)
 
 
+def _slice_separable(fvol: torch.Tensor, rotations: torch.Tensor, box: int, cutoff: float | None, kernel: str) -> torch.Tensor:
+    """`slice_fourier_volume` with a width-W separable kernel (W^3 gathered neighbours, contracted axis by axis)."""
+    size = fvol.shape[-1]
+    k, m = _grid_kernel(size, box, kernel)
+    layout = slice_layout(box, cutoff, fvol.device)
+    table = fvol.reshape(-1)
+    offs = _separable_offsets(size, k.width, fvol.device)
+    wd = k.width
+    out = []
+    for part in _chunks(rotations.shape[0], layout.freqs.shape[0] * wd**3 // 8):
+        flat, w = _separable(rotations[part], layout.freqs, size, m / box, k)
+        g = torch.view_as_real(table.index_select(0, (flat + offs).reshape(-1))).view(wd, wd, wd, *flat.shape, 2)
+        w = w[..., None].to(g.dtype)
+        g = (g * w[0]).sum(2)  # x
+        g = (g * w[1]).sum(1)  # y
+        vals = (g * w[2]).sum(0)  # z
+        out.append(expand_half_slices(torch.view_as_complex(vals.contiguous()), layout))
+    return torch.cat(out, 0)
+
+
 def scatter_half_slices(
     targets: Sequence[tuple[torch.Tensor, torch.Tensor]],
     rotations: torch.Tensor,
     layout: SliceLayout,
     size: int,
     grid_index: torch.Tensor | None = None,
+    kernel: str = "trilinear",
 ) -> None:
-    """Trilinear scatter-add of half-slice values into flat grids, in place.
+    """Scatter-add of half-slice values into flat grids with the interpolation weights, in place.
 
     `targets`: pairs (values [n, P] real or complex, out [K * size^3] of the same kind); every pair
-    uses the same trilinear weights, the transpose of the interpolation in `slice_fourier_volume`.
+    uses the same weights, the transpose of the interpolation in `slice_fourier_volume` (same `kernel`).
     `grid_index` [n] (int) selects which of K stacked grids each particle goes to (e.g. its half-set).
     """
+    if kernel != "trilinear":
+        k, m = _grid_kernel(size, layout.box, kernel)
+        offs = _separable_offsets(size, k.width, rotations.device)
+        for part in _chunks(rotations.shape[0], layout.freqs.shape[0] * k.width**3 // 8):
+            flat, w = _separable(rotations[part], layout.freqs, size, m / layout.box, k)
+            if grid_index is not None:
+                flat = flat + grid_index[part, None].long() * size**3
+            w = _separable_weights(w)
+            idx = (flat + offs).reshape(-1)
+            for values, out in targets:
+                out.index_add_(0, idx, (w * values[part]).reshape(-1).to(out.dtype))
+        return
     scale = (size - _LOW - _HIGH) / layout.box
     offs = _offsets(size, rotations.device)
     for part in _chunks(rotations.shape[0], layout.freqs.shape[0]):
@@ -346,13 +481,13 @@ def stencil_row_sums(stencil: torch.Tensor) -> torch.Tensor:
 
 
 def backproject_fourier(
-    images: torch.Tensor, rotations: torch.Tensor, size: int, cutoff: float | None = None
+    images: torch.Tensor, rotations: torch.Tensor, size: int, cutoff: float | None = None, kernel: str = "trilinear"
 ) -> torch.Tensor:
     """Adjoint of `slice_fourier_volume`: centred image transforms [n, N, N] -> bordered complex grid [size]^3."""
     layout = slice_layout(images.shape[-1], cutoff, images.device)
     cdtype = torch.complex64 if rotations.dtype == torch.float32 else torch.complex128
     acc = torch.zeros(size**3, dtype=cdtype, device=images.device)
-    scatter_half_slices([(fold_half_slices(images, layout).to(cdtype), acc)], rotations, layout, size)
+    scatter_half_slices([(fold_half_slices(images, layout).to(cdtype), acc)], rotations, layout, size, kernel=kernel)
     return acc.view(size, size, size)
 
 
@@ -363,20 +498,24 @@ def project(
     cutoff: float | None = None,
     fourier: bool = False,
     fvol: torch.Tensor | None = None,
+    kernel: str = "trilinear",
 ) -> torch.Tensor:
     """Projections of a map [N, N, N] at rotations [n, 3, 3] -> real images [n, N, N].
 
     With `fourier=True` returns their centred transforms instead (equal to fft2c of the real image
     except, for even N, on the unpaired Nyquist row and column, which are interpolated directly).
     `cutoff` (cycles/pixel) zeroes higher frequencies; `oversample` is the padding factor.
-    `fvol`: the map's `fourier_volume(volume, oversample)` when the caller has it (skips the 3-D FFT).
+    `fvol`: the map's `fourier_volume(volume, oversample, kernel)` when the caller has it (skips the 3-D FFT).
+    `kernel`: 'trilinear' (fastest, ~2e-2 relative error) or 'kbW' (Kaiser-Bessel of width W = 3..8,
+    ~1e-3 at W = 3, ~1e-4 at W = 4; W^3 neighbours per sample).
     """
     _check_rotations(rotations)
+    expected = grid_size(volume.shape[-1], oversample, kernel)
     if fvol is None:
-        fvol = fourier_volume(volume, oversample)
-    elif fvol.shape[-1] != grid_size(volume.shape[-1], oversample):
-        raise InvalidValueError(f"fvol has edge {fvol.shape[-1]}, expected {grid_size(volume.shape[-1], oversample)} for this map")
-    F = slice_fourier_volume(fvol, rotations, volume.shape[-1], cutoff)
+        fvol = fourier_volume(volume, oversample, kernel)
+    elif fvol.shape[-1] != expected:
+        raise InvalidValueError(f"fvol has edge {fvol.shape[-1]}, expected {expected} for this map and kernel {kernel!r}")
+    F = slice_fourier_volume(fvol, rotations, volume.shape[-1], cutoff, kernel)
     return F if fourier else ifft2c(F).real
 
 
@@ -386,6 +525,7 @@ def backproject(
     oversample: float = 2.0,
     cutoff: float | None = None,
     fourier: bool = False,
+    kernel: str = "trilinear",
 ) -> torch.Tensor:
     """Exact adjoint of `project` (same arguments): images [n, N, N] -> map [N, N, N].
 
@@ -395,7 +535,8 @@ def backproject(
     _check_rotations(rotations)
     box = images.shape[-1]
     F = images if fourier else fft2c(images.to(rotations.dtype)) / box**2
-    return fourier_volume_adjoint(backproject_fourier(F, rotations, grid_size(box, oversample), cutoff), box)
+    grid = backproject_fourier(F, rotations, grid_size(box, oversample, kernel), cutoff, kernel)
+    return fourier_volume_adjoint(grid, box, kernel)
 
 
 def project_real_space(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
