@@ -19,6 +19,7 @@ HERE = Path(__file__).parent
 PAIRS = [
     ("project", "aspire", "project"),
     ("project_disc", "aspire", "project"),
+    ("project_kb4", "aspire", "project"),
     ("project_slice", "cryodrgn", "project"),
     ("backproject", "aspire", "backproject"),
     ("direct", "cryodrgn", "backproject"),
