@@ -20,6 +20,7 @@ def _command(kind: str):
         max_shift: float = typer.Option(3.0, help="Shift search range, pixels (±)."),
         shift_step: float = typer.Option(1.0, help="Shift grid step of the global search, pixels."),
         initial_lowpass: float = typer.Option(30.0, help="Low-pass of the starting map and first scoring cutoff, Å."),
+        resolution_limit: float = typer.Option(None, help="Never score beyond this resolution, Å (maps are then reconstructed to Nyquist)."),
         local: bool = typer.Option(False, help="Start from the STAR file's poses with local searches (no global search)."),
         symmetry: str = typer.Option("C1", help="Point group: C1, Cn, Dn, T, O or I (RELION axes)."),
         mask_diameter: float = typer.Option(None, help="Soft spherical mask diameter, Å (default 0.9 of the box)."),
@@ -27,6 +28,7 @@ def _command(kind: str):
         truth_star: Path = typer.Option(None, help="STAR file with true poses (same particle order): reports the pose error."),
         ctf: bool = typer.Option(True, help="Use the CTF (off, with a warning, when the STAR file has none)."),
         pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (when the STAR file has none)."),
+        max_poses: int = typer.Option(32, help="Most poses per particle kept for the M-step (largest posteriors)."),
         batch_size: int = typer.Option(128, help="Images per batch."),
         resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt (same options required)."),
         seed: int = typer.Option(0, help="Random seed (half-sets, class initialisation)."),
@@ -50,8 +52,8 @@ def _command(kind: str):
         started = time.perf_counter()
         params = {"command": kind, "star": str(star), "initial": str(initial), "classes": classes, "iterations": iterations,
                   "healpix_order": healpix_order, "max_shift": max_shift, "shift_step": shift_step,
-                  "initial_lowpass": initial_lowpass, "local": local, "symmetry": symmetry, "mask_diameter": mask_diameter,
-                  "ctf": ctf, "pixel_size": pixel_size, "batch_size": batch_size, "seed": seed}
+                  "initial_lowpass": initial_lowpass, "resolution_limit": resolution_limit, "local": local, "symmetry": symmetry, "mask_diameter": mask_diameter,
+                  "ctf": ctf, "pixel_size": pixel_size, "max_poses": max_poses, "batch_size": batch_size, "seed": seed}
         ctx = init_distributed(device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -64,7 +66,7 @@ def _command(kind: str):
         cutoff = min(0.5, px / initial_lowpass)
         settings = EMSettings(
             n_iter=iterations, healpix_order=healpix_order, max_shift=max_shift, shift_step=shift_step, initial_cutoff=cutoff,
-            batch_size=batch_size, symmetry=symmetry, mask_radius=None if mask_diameter is None else mask_diameter / (2 * px),
+            batch_size=batch_size, max_poses=max_poses, symmetry=symmetry, max_cutoff=0.5 if resolution_limit is None else min(0.5, px / resolution_limit), mask_radius=None if mask_diameter is None else mask_diameter / (2 * px),
         )
         maps = lowpass(vol, cutoff)[None].expand(classes, -1, -1, -1).clone()
         prior_R = prior_t = None

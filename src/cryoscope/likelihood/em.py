@@ -93,7 +93,7 @@ class EMSettings:
     fsc_threshold: float = 0.143
     rel_threshold: float = 1e-4
     mass: float = 0.999
-    max_poses: int | None = 200
+    max_poses: int | None = 32
     batch_size: int = 128
     oversample: float = 2.0
     n_wiener: int = 1

@@ -54,11 +54,8 @@ def open_particles(
         warnings.warn(f"{star}: no CTF columns; running with the CTF off", stacklevel=2)
         use_ctf = False
     stack = meta.images()
-    for lo in range(0, meta.n, batch_size):
-        chunk = np.asarray(stack[np.arange(lo, min(meta.n, lo + batch_size))])
-        if not np.isfinite(chunk).all():
-            bad = lo + int(np.nonzero(~np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(-1))[0][0])
-            raise InvalidValueError(f"particle {bad + 1} has NaN or Inf pixels", str(star))
+    for lo in range(0, meta.n, batch_size):  # the stack reader refuses NaN/Inf images: find them before any work
+        stack[np.arange(lo, min(meta.n, lo + batch_size))]
     return meta, ParticleSource(meta, stack, device, use_ctf)
 
 
