@@ -3,7 +3,7 @@
 Maps V_k [K, N, N, N] start as seeded random positive blobs inside the mask, scaled to the data. One
 iteration draws a random minibatch of particles and
 
-- E-step (no gradient): log-likelihoods [n, K, R, T] (`scoring.score_poses`) over a global HEALPix grid
+- E-step (no gradient): log-likelihoods [n, K, R, T] (`inplane.score_poses_inplane`) over a global HEALPix grid
   of `healpix_order`, turned by a random rotation each iteration (so the maps are not built from the
   same discrete slices), times a square shift grid, within the current cutoff, plus log class
   fractions. Per class the pose posterior p(r, t | k); the class posterior p(k) is mixed with the
@@ -39,10 +39,11 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.geometry.sampling import healpix_grid, random_rotations
+from cryoscope.geometry.sampling import random_rotations
 from cryoscope.likelihood.data import ParticleSource, image_power_spectrum
+from cryoscope.likelihood.inplane import healpix_base_rotations, inplane_rotations, score_poses_inplane
 from cryoscope.likelihood.noise import cutoff_mask, n_shells, noise_spectrum, shell_map, shell_power_sums
-from cryoscope.likelihood.scoring import SignificantPoses, best_poses, score_poses, shift_grid
+from cryoscope.likelihood.scoring import SignificantPoses, best_poses, shift_grid
 from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
 from cryoscope.physics.projection import fourier_volume, slice_fourier_volume
@@ -170,7 +171,8 @@ class _Geometry:
         pix = torch.bincount(shell_map(box, device).reshape(-1), minlength=n_shells(box)).double()
         vox = torch.bincount(self.shell3.reshape(-1), minlength=n_shells(box)).double()
         self.density = (pix / vox).float()  # central-slice samples per voxel and image, per shell
-        self.grid = healpix_grid(s.healpix_order, torch.float32, device)
+        self.base, self.n_psi = healpix_base_rotations(s.healpix_order, torch.float32, device)
+        self.grid = inplane_rotations(self.base, self.n_psi)  # = healpix_grid(order)
         self.shifts = shift_grid(s.max_shift, s.shift_step, torch.float32, device)
 
 
@@ -221,9 +223,13 @@ def _top_poses(weights: torch.Tensor, max_poses: int, mass: float = 0.999, rel_t
     return SignificantPoses(img, flat // T, flat % T, w / total[img])
 
 
-def _e_step(fvols: list[torch.Tensor], Y, C, grid, shifts, sigma2, cutoff: float, fractions) -> torch.Tensor:
-    """Log-likelihoods plus log class fractions [n, K, R, T]."""
-    ll = torch.stack([score_poses(f, Y, C, grid, shifts, sigma2, cutoff) for f in fvols], 1)
+def _e_step(fvols: list[torch.Tensor], Y, C, base, n_psi: int, shifts, sigma2, cutoff: float, fractions) -> torch.Tensor:
+    """Log-likelihoods plus log class fractions [n, K, R, T] over the grid `inplane_rotations(base, n_psi)`
+    (in-plane angles by polar FFT, `likelihood.inplane`)."""
+    n = Y.shape[0]
+    ll = torch.stack(
+        [score_poses_inplane(f, Y, C, base, n_psi, shifts, sigma2, cutoff).reshape(n, -1, shifts.shape[-2]) for f in fvols], 1
+    )
     return ll + fractions.clamp_min(1e-30).log().to(ll)[None, :, None, None]
 
 
@@ -276,14 +282,15 @@ def _iteration(particles: ParticleSource, st: AbinitioState, s: _Settings, geo: 
     it, cutoff, sim = st.iteration, s.cutoff(st.iteration), s.similarity(st.iteration)
     idx = torch.randperm(particles.n, generator=g)[: min(s.batch_size, particles.n)]
     turn = random_rotations(1, g, torch.float32)[0].to(device)
-    grid = geo.grid @ turn  # R_r Q: the grid turned by a random rotation
+    base = geo.base @ turn  # R_r Q: the grid turned by a random rotation (still psi x base rotations)
+    grid = inplane_rotations(base, geo.n_psi)
     Y, C = particles.load(idx.to(device))
     n = Y.shape[0]
     sigma2 = st.sigma2.to(device)
     maps = st.maps.to(device)
     with torch.no_grad():
         fvols = [fourier_volume(maps[k], _OVERSAMPLE) for k in range(K)]
-        ll = _e_step(fvols, Y, C, grid, geo.shifts, sigma2, cutoff, st.class_fractions)
+        ll = _e_step(fvols, Y, C, base, geo.n_psi, geo.shifts, sigma2, cutoff, st.class_fractions)
         del fvols
         R, T = ll.shape[2], ll.shape[3]
         per_class = torch.logsumexp(ll.flatten(2), -1)  # [n, K]
@@ -324,7 +331,7 @@ def _assign(particles: ParticleSource, st: AbinitioState, s: _Settings, geo: _Ge
         fvols = [fourier_volume(st.maps[k], _OVERSAMPLE) for k in range(K)]
         for b in torch.arange(n).split(s.batch_size):
             Y, C = particles.load(b.to(particles.device))
-            ll = _e_step(fvols, Y, C, geo.grid, geo.shifts, sigma2, s.final_cutoff, st.class_fractions)
+            ll = _e_step(fvols, Y, C, geo.base, geo.n_psi, geo.shifts, sigma2, s.final_cutoff, st.class_fractions)
             m = ll.shape[0]
             cls_post = torch.softmax(torch.logsumexp(ll.flatten(2), -1), -1)
             best_k = cls_post.argmax(-1)
