@@ -151,3 +151,19 @@ def test_two_process_gloo_run_gives_the_same_maps_as_one_process():
     assert torch.allclose(maps2, r.maps, atol=1e-3 * float(r.maps.abs().max()))
     assert torch.allclose(s2, r.sigma2, rtol=3e-3)
     assert float((rot2 - r.rotations).abs().max()) < 1e-4
+
+
+def test_abinitio_then_refine_without_poses(tmp_path, states):
+    star = _simulate(tmp_path / "sim", [states / "a.mrc"], 300)
+    ab = tmp_path / "ab"
+    assert main(["abinitio", str(star), "-o", str(ab), "--iterations", "40", "--batch-size", "100", "--max-shift", "1",
+                 "--initial-resolution", "40", "--final-resolution", "13", "--reference", str(states / "a.mrc"),
+                 "--seed", "2", "--no-progress"]) == 0
+    m_ab = json.loads((ab / "metrics.json").read_text())
+    assert m_ab["iterations"] == 40 and (ab / "checkpoint.pt").exists() and (ab / "particles.star").exists()
+    ref = tmp_path / "ref"
+    assert main(_refine_args(star, ab / "map.mrc", ref, "--reference", str(states / "a.mrc"), "--truth-star", str(star))) == 0
+    m = json.loads((ref / "metrics.json").read_text())
+    # no true poses anywhere: the map and the poses agree with the truth after gauge (and hand) alignment
+    assert m["map_truth_fsc_0.5_cycles_per_pixel"] >= max(0.2, m_ab["map_truth_fsc_0.5_cycles_per_pixel"] - 0.02)
+    assert m["pose_error_median_deg"] < 10.0

@@ -36,7 +36,7 @@ def _command(kind: str):
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         from cryoscope.distributed import init_distributed
-        from cryoscope.errors import InvalidValueError, MissingDataError
+        from cryoscope.errors import MissingDataError
         from cryoscope.io.mrc import read_map
         from cryoscope.io.star import read_star
         from cryoscope.likelihood.em import EMSettings
@@ -45,6 +45,7 @@ def _command(kind: str):
             lowpass,
             match_map,
             open_particles,
+            read_references,
             run_em,
             write_em_outputs,
         )
@@ -78,14 +79,7 @@ def _command(kind: str):
         result = run_em(particles, maps, settings, out, params, seed, resume, ctx, prior_R, prior_t, progress)
         if not ctx.is_main:
             return
-        refs = None
-        if reference is not None:
-            paths = [Path(p) for p in str(reference).split(",")]
-            if len(paths) != classes:
-                raise InvalidValueError(f"{len(paths)} reference maps for {classes} classes", str(reference))
-            import torch
-
-            refs = torch.stack([match_map(m.data.float(), m.voxel_size, box, px, str(p)) for p, m in ((p, read_map(p)) for p in paths)])
+        refs = read_references(str(reference), classes, box, px) if reference is not None else None
         true_R = read_star(truth_star).rotations if truth_star is not None else None
         protect = tuple(p for p in (star, initial, reference, truth_star) if p is not None)
         metrics = write_em_outputs(result, meta, out, px, protect, refs, true_R, symmetry)

@@ -26,6 +26,7 @@ from cryoscope.io.metadata import ParticleMetadata
 from cryoscope.io.mrc import write_map
 from cryoscope.io.runinfo import write_metrics_json, write_params_json
 from cryoscope.io.star import read_star, write_star
+from cryoscope.likelihood.abinitio import AbinitioIteration, AbinitioResult, AbinitioState, abinitio
 from cryoscope.likelihood.data import ParticleSource
 from cryoscope.likelihood.em import (
     EMResult,
@@ -75,6 +76,17 @@ def match_map(vol: torch.Tensor, voxel_size: float, box: int, pixel_size: float,
     if vol.shape[-1] != box:
         vol = _crop_or_pad(vol, box)
     return vol
+
+
+def read_references(spec: str, n_classes: int, box: int, pixel_size: float) -> torch.Tensor:
+    """Comma-separated truth map paths, one per class, as [K, N, N, N] in the particles' box and pixel size."""
+    from cryoscope.io.mrc import read_map
+
+    paths = [p for p in str(spec).split(",") if p]
+    if len(paths) != n_classes:
+        raise InvalidValueError(f"{len(paths)} reference maps for {n_classes} classes", str(spec))
+    maps = [read_map(p) for p in paths]
+    return torch.stack([match_map(m.data.float(), m.voxel_size, box, pixel_size, p) for p, m in zip(paths, maps)])
 
 
 def _crop_or_pad(vol: torch.Tensor, box: int) -> torch.Tensor:
@@ -127,21 +139,70 @@ def run_em(
     return result
 
 
-def particle_table(meta: ParticleMetadata, result: EMResult, pixel_size: float) -> tuple[ParticleMetadata, dict[str, np.ndarray]]:
-    """Metadata with the refined poses, origins (Å) and classes, plus the extra STAR columns (spreads, posteriors)."""
-    out = ParticleMetadata(**{**vars(meta), "rotations": result.rotations.double(), "euler": None,
-                              "shifts_A": result.shifts_px.double() * pixel_size, "class_number": result.best_class + 1})
-    post = result.class_posterior
-    extra = {
-        "rlnRandomSubset": (result.half + 1).numpy(),
-        "rlnMaxValueProbDistribution": post.max(-1).values.numpy(),
-        "cryoscopeAngularSpreadDeg": result.angular_spread_deg.numpy(),
-        "cryoscopeShiftSpreadPx": result.shift_spread_px.numpy(),
-    }
-    if post.shape[1] > 1:
-        for k in range(post.shape[1]):
-            extra[f"cryoscopeClassPosterior{k + 1:03d}"] = post[:, k].numpy()
-    return out, extra
+def run_abinitio(
+    particles: ParticleSource, out_dir: str | Path, params: dict, resume: bool = False, progress: bool = True, **options
+) -> AbinitioResult:
+    """`likelihood.abinitio.abinitio(particles, **options)` with a checkpoint after every iteration in `out_dir`;
+    `resume` continues from the last one (same `params` required)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = CheckpointDir(out, params)
+    state = None
+    if resume and ckpt.exists():
+        d = ckpt.load()[1]
+        state = AbinitioState(**{**d, "history": [AbinitioIteration(**h) for h in d["history"]]})
+    elif resume:
+        warnings.warn(f"{ckpt.path}: no checkpoint to resume from; starting from the beginning", stacklevel=2)
+    n_iter = options.get("n_iter", 200)
+    bar = tqdm(total=n_iter, initial=0 if state is None else state.iteration, desc="ab-initio", unit="iter", disable=not progress)
+
+    def on_iteration(st: AbinitioState) -> None:
+        ckpt.save(st.iteration, {**vars(st), "history": [vars(h) for h in st.history]})
+        bar.update(1)
+        bar.set_postfix(cutoff=f"{st.history[-1].cutoff:.3f}" if st.history else "")
+
+    result = abinitio(particles, on_iteration=on_iteration, state=state, **options)
+    bar.close()
+    return result
+
+
+def particle_table(
+    meta: ParticleMetadata, rotations: torch.Tensor, shifts_px: torch.Tensor, class_posterior: torch.Tensor, pixel_size: float,
+    extra: dict[str, np.ndarray] | None = None,
+) -> tuple[ParticleMetadata, dict[str, np.ndarray]]:
+    """Metadata with new poses [n, 3, 3], origins (pixels -> Å) and best classes, plus the extra STAR columns
+    (maximum class posterior, and each class's posterior when there are several)."""
+    out = ParticleMetadata(**{**vars(meta), "rotations": rotations.double(), "euler": None,
+                              "shifts_A": shifts_px.double() * pixel_size, "class_number": class_posterior.argmax(-1) + 1})
+    cols = {**(extra or {}), "rlnMaxValueProbDistribution": class_posterior.max(-1).values.numpy()}
+    if class_posterior.shape[1] > 1:
+        for k in range(class_posterior.shape[1]):
+            cols[f"cryoscopeClassPosterior{k + 1:03d}"] = class_posterior[:, k].numpy()
+    return out, cols
+
+
+def truth_metrics(
+    maps: dict[str, torch.Tensor], references: torch.Tensor | None, rotations: torch.Tensor,
+    true_rotations: torch.Tensor | None, pixel_size: float, symmetry: str = "C1",
+) -> tuple[dict, dict]:
+    """FSC of each named map against its reference after rigid alignment (rotation, shift, hand), and the pose
+    error after gauge alignment (modulo symmetry). Returns (metrics, FSC curves)."""
+    metrics, curves = {}, {}
+    if references is not None:
+        for (name, vol), ref in zip(maps.items(), references):
+            aligned = fsc_after_alignment(vol.cpu(), ref.to(vol.dtype).cpu())
+            curves[f"{name} vs truth"] = aligned.fsc
+            for thr in (0.5, 0.143):
+                c, a = resolution_at(aligned.fsc, thr, vol.shape[-1], pixel_size)
+                metrics[f"{name}_truth_fsc_{thr}_cycles_per_pixel"], metrics[f"{name}_truth_fsc_{thr}_A"] = c, a
+    if true_rotations is not None:
+        _, flip, err = align_poses(rotations.double(), true_rotations.double(), symmetry)
+        metrics |= {"pose_error_median_deg": float(err.median()), "pose_error_mean_deg": float(err.mean()), "pose_gauge_flip": bool(flip)}
+    return metrics, curves
+
+
+def _names(k: int) -> list[str]:
+    return ["map"] if k == 1 else [f"class{i + 1:03d}" for i in range(k)]
 
 
 def write_em_outputs(
@@ -156,41 +217,64 @@ def write_em_outputs(
 ) -> dict:
     """Maps, half-maps, particles.star and fsc.png into `out_dir`; returns the metrics.
 
-    references [K, N, N, N] (truth maps in any gauge) add the FSC against them after rigid alignment
-    (rotation, shift, hand); true_rotations [n, 3, 3] add the pose error after gauge alignment.
+    references [K, N, N, N] (truth maps in any gauge) add the FSC against them after rigid alignment;
+    true_rotations [n, 3, 3] add the pose error after gauge alignment.
     """
     from cryoscope.report.plots import plot_fsc
 
     out = Path(out_dir)
     K, box = result.maps.shape[0], result.maps.shape[-1]
-    names = ["map"] if K == 1 else [f"class{k + 1:03d}" for k in range(K)]
-    curves, metrics = {}, {"n_particles": meta.n, "box": box, "pixel_size_A": pixel_size, "n_classes": K, "iterations": result.iterations_done}
+    names = _names(K)
+    metrics = {"n_particles": meta.n, "box": box, "pixel_size_A": pixel_size, "n_classes": K, "iterations": result.iterations_done}
+    curves = {}
     for k, name in enumerate(names):
         write_map(out / f"{name}.mrc", result.maps[k], pixel_size, protect)
         for h in (0, 1):
-            half_name = f"half_map{h + 1}" if K == 1 else f"{name}_half{h + 1}"
-            write_map(out / f"{half_name}.mrc", result.half_maps[h, k], pixel_size, protect)
+            write_map(out / (f"half_map{h + 1}.mrc" if K == 1 else f"{name}_half{h + 1}.mrc"), result.half_maps[h, k], pixel_size, protect)
         cyc = result.resolution[k]
         metrics[f"{name}_halfmap_fsc_0.143_cycles_per_pixel"] = cyc
         metrics[f"{name}_halfmap_fsc_0.143_A"] = pixel_size / cyc if cyc > 0 else math.inf
         metrics[f"{name}_fraction"] = float(result.class_fractions[k])
         curves[f"{name}: half-maps"] = result.fsc_half[k]
-        if references is not None:
-            aligned = fsc_after_alignment(result.maps[k].cpu(), references[k].to(result.maps.dtype))
-            curves[f"{name} vs truth"] = aligned.fsc
-            for thr in (0.5, 0.143):
-                c, a = resolution_at(aligned.fsc, thr, box, pixel_size)
-                metrics[f"{name}_truth_fsc_{thr}_cycles_per_pixel"], metrics[f"{name}_truth_fsc_{thr}_A"] = c, a
-    if true_rotations is not None:
-        _, flip, err = align_poses(result.rotations.double(), true_rotations.double(), symmetry)
-        metrics["pose_error_median_deg"] = float(err.median())
-        metrics["pose_error_mean_deg"] = float(err.mean())
-        metrics["pose_gauge_flip"] = bool(flip)
+    m, c = truth_metrics(dict(zip(names, result.maps)), references, result.rotations, true_rotations, pixel_size, symmetry)
+    metrics |= m
+    curves |= c
     metrics["empty_classes"] = result.history[-1].empty_classes if result.history else []
     metrics["history"] = [vars(h) for h in result.history]
-    table, extra = particle_table(meta, result, pixel_size)
-    write_star(out / "particles.star", table, protect=protect, extra=extra)
+    extra = {"rlnRandomSubset": (result.half + 1).numpy(), "cryoscopeAngularSpreadDeg": result.angular_spread_deg.numpy(),
+             "cryoscopeShiftSpreadPx": result.shift_spread_px.numpy()}
+    table, cols = particle_table(meta, result.rotations, result.shifts_px, result.class_posterior, pixel_size, extra)
+    write_star(out / "particles.star", table, protect=protect, extra=cols)
     plot_fsc(out / "fsc.png", curves, box, pixel_size)
+    return metrics
+
+
+def write_abinitio_outputs(
+    result: AbinitioResult,
+    meta: ParticleMetadata,
+    out_dir: str | Path,
+    pixel_size: float,
+    protect: tuple = (),
+    references: torch.Tensor | None = None,
+    true_rotations: torch.Tensor | None = None,
+) -> dict:
+    """Class maps (`map.mrc` for one class), particles.star (best poses, classes) and, with references, fsc.png."""
+    from cryoscope.report.plots import plot_fsc
+
+    out = Path(out_dir)
+    K, box = result.maps.shape[0], result.maps.shape[-1]
+    names = _names(K)
+    metrics = {"n_particles": meta.n, "box": box, "pixel_size_A": pixel_size, "n_classes": K, "iterations": len(result.history),
+               "empty_classes": result.empty_classes, "history": [vars(h) for h in result.history]}
+    for k, name in enumerate(names):
+        write_map(out / f"{name}.mrc", result.maps[k], pixel_size, protect)
+        metrics[f"{name}_fraction"] = float(result.class_fractions[k])
+    m, curves = truth_metrics(dict(zip(names, result.maps)), references, result.rotations, true_rotations, pixel_size)
+    metrics |= m
+    table, cols = particle_table(meta, result.rotations, result.shifts_px, result.class_posterior, pixel_size)
+    write_star(out / "particles.star", table, protect=protect, extra=cols)
+    if curves:
+        plot_fsc(out / "fsc.png", curves, box, pixel_size)
     return metrics
 
 
@@ -201,4 +285,7 @@ def finish_run(out_dir: str | Path, params: dict, metrics: dict, started: float)
     write_metrics_json(out / "metrics.json", {**metrics, "seconds": time.perf_counter() - started})
 
 
-__all__ = ["finish_run", "lowpass", "match_map", "open_particles", "particle_table", "run_em", "write_em_outputs"]
+__all__ = [
+    "finish_run", "lowpass", "match_map", "open_particles", "particle_table", "read_references", "run_abinitio", "run_em", "truth_metrics",
+    "write_abinitio_outputs", "write_em_outputs",
+]
