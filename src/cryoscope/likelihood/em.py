@@ -80,7 +80,7 @@ class EMSettings:
     negligible poses (`scoring.significant_poses`); n_wiener: FSC-Wiener re-solves per iteration;
     mask_radius: soft spherical mask on the references (None: 0.45 N); symmetry: point group (C1, Cn, Dn, T, O, I);
     max_cutoff: highest scoring cutoff (classification works best at limited resolution); once scoring reaches
-    it, the maps are reconstructed to Nyquist.
+    it, the maps are reconstructed to Nyquist; solver_iterations: conjugate-gradient steps per map solve.
     """
 
     n_iter: int = 4
@@ -100,6 +100,7 @@ class EMSettings:
     mask_radius: float | None = None
     symmetry: str = "C1"
     max_cutoff: float = 0.5
+    solver_iterations: int = 15
 
     def validate(self) -> None:
         if not (0 < self.initial_cutoff <= 0.5) or self.n_iter < 1 or self.batch_size < 1:
@@ -363,16 +364,17 @@ def _maximization(
             empty.append(k)
             fractions[k] = 0.0
             continue
-        h0, h1 = rec.volume(0), rec.volume(1)
+        n_cg = s.solver_iterations
+        h0, h1 = rec.volume(0, n_iter=n_cg), rec.volume(1, n_iter=n_cg)
         for _ in range(s.n_wiener):
             f = fsc(h0, h1)
-            h0 = rec.volume(0, reg=reg_from_fsc(f, rec.shell_weights(0)))
-            h1 = rec.volume(1, reg=reg_from_fsc(f, rec.shell_weights(1)))
+            h0 = rec.volume(0, reg=reg_from_fsc(f, rec.shell_weights(0)), n_iter=n_cg)
+            h1 = rec.volume(1, reg=reg_from_fsc(f, rec.shell_weights(1)), n_iter=n_cg)
         f = fsc(h0 * mask, h1 * mask)
         fulls[k] = fsc_weighted_average(h0, h1, f)[0]
         halves[0, k], halves[1, k] = h0 * mask, h1 * mask
         fscs[k] = f.float().cpu()
-        res[k] = resolution_at(f, s.fsc_threshold, box)[0]
+        res[k] = min(resolution_at(f, s.fsc_threshold, box)[0], acc.cutoff)  # no claim beyond the reconstructed shells
     sigma2 = noise_spectrum(acc.noise[0], acc.noise[1]).float().cpu()
     stats = IterationStats(
         it, cutoff, recon_cutoff, res, step, n_rot, n_shift, kept, float(spread_a.median()),
