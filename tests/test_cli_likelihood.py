@@ -131,11 +131,16 @@ def test_star_without_ctf_runs_with_ctf_off_and_a_warning(tmp_path, states, caps
     assert "no CTF columns" in capsys.readouterr().err
 
 
+# Batches of 8 divide both shards of each 32-particle half-set, so one and two processes score identical batches
+# and differ only in the order of the all-reduced sums. One iteration: the float32 posteriors of later iterations
+# amplify those last-bit differences (measured: 5e-5 of the map maximum after one iteration, 3e-2 after two).
+SHARDED = EMSettings(n_iter=1, healpix_order=0, max_shift=1.0, initial_cutoff=0.15, max_poses=10, n_wiener=1, batch_size=8)
+
+
 def sharded_em_worker(ctx, meta, stack, initial):
     from cryoscope.likelihood.data import ParticleSource
 
-    settings = EMSettings(n_iter=2, healpix_order=0, max_shift=1.0, initial_cutoff=0.15, max_poses=10, n_wiener=1)
-    r = expectation_maximization(ParticleSource(meta, stack), initial, settings, seed=4, ctx=ctx)
+    r = expectation_maximization(ParticleSource(meta, stack), initial, SHARDED, seed=4, ctx=ctx)
     return r.maps, r.rotations, r.sigma2
 
 
@@ -144,12 +149,9 @@ def test_two_process_gloo_run_gives_the_same_maps_as_one_process():
     particles, _, _, _ = simulate([truth], 64, 1.0, seed=6)
     initial = lowpass(truth, 0.15)
     maps2, rot2, s2 = run_spawned(sharded_em_worker, 2, particles.meta, particles.stack, initial)
-    settings = EMSettings(n_iter=2, healpix_order=0, max_shift=1.0, initial_cutoff=0.15, max_poses=10, n_wiener=1)
-    r = expectation_maximization(particles, initial, settings, seed=4)
-    # Shards batch the particles differently, so float32 log-likelihoods (~1e4 in size) differ in the last bits and
-    # the posterior weights by ~1e-3 relative: that is the float tolerance of a float32 EM (measured: 2e-4 of the map maximum).
-    assert torch.allclose(maps2, r.maps, atol=1e-3 * float(r.maps.abs().max()))
-    assert torch.allclose(s2, r.sigma2, rtol=3e-3)
+    r = expectation_maximization(particles, initial, SHARDED, seed=4)
+    assert torch.allclose(maps2, r.maps, atol=3e-4 * float(r.maps.abs().max()))
+    assert torch.allclose(s2, r.sigma2, rtol=1e-4)
     assert float((rot2 - r.rotations).abs().max()) < 1e-4
 
 

@@ -91,6 +91,9 @@ def test_demo_job_writes_report(tmp_path):
     assert main(["demo", "-o", str(out), "-n", "500", "--box", "32", "--voxel-size", "3.0", "--seed", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["truth_fsc_0.5_cycles_per_pixel"] > 0.2
+    # without the true poses (ab-initio + refinement), judged after alignment
+    assert metrics["refine_truth_fsc_0.5_cycles_per_pixel"] > 0.15 and metrics["refine_pose_error_median_deg"] < 20
+    assert (out / "refine" / "particles.star").exists() and (out / "abinitio" / "map.mrc").exists()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "truth_fsc_0.5_A" in html
     for name in ("map.mrc", "half_map1.mrc", "half_map2.mrc", "particles/particles.star", "params.json"):

@@ -12,7 +12,7 @@ import typer
 def _command(kind: str):
     def command(
         star: Path = typer.Argument(..., help="Particles STAR file (poses, if any, are not used unless --local)."),
-        initial: Path = typer.Option(..., "--initial", "-i", help="Starting map (e.g. from abinitio); resampled to the particles' pixel size."),
+        initial: str = typer.Option(..., "--initial", "-i", help="Starting map, or one per class comma-separated (e.g. from abinitio -K); resampled to the particles' pixel size."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
         classes: int = typer.Option(1 if kind == "refine" else 2, "--classes", "-K", help="Number of classes.", hidden=kind == "refine"),
         iterations: int = typer.Option(6 if kind == "refine" else 8, help="EM iterations."),
@@ -36,7 +36,9 @@ def _command(kind: str):
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         from cryoscope.distributed import init_distributed
-        from cryoscope.errors import MissingDataError
+        import torch
+
+        from cryoscope.errors import InvalidValueError, MissingDataError
         from cryoscope.io.mrc import read_map
         from cryoscope.io.star import read_star
         from cryoscope.likelihood.em import EMSettings
@@ -62,14 +64,16 @@ def _command(kind: str):
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         px, box = particles.pixel_size, meta.require_box()
-        start = read_map(initial)
-        vol = match_map(start.data.float(), start.voxel_size, box, px, str(initial))
+        paths = [p for p in str(initial).split(",") if p]
+        if len(paths) not in (1, classes):
+            raise InvalidValueError(f"{len(paths)} starting maps for {classes} classes (give one, or one per class)", str(initial))
+        vol = torch.stack([match_map(m.data.float(), m.voxel_size, box, px, p) for p, m in ((p, read_map(p)) for p in paths)])
         cutoff = min(0.5, px / initial_lowpass)
         settings = EMSettings(
             n_iter=iterations, healpix_order=healpix_order, max_shift=max_shift, shift_step=shift_step, initial_cutoff=cutoff,
             batch_size=batch_size, max_poses=max_poses, symmetry=symmetry, max_cutoff=0.5 if resolution_limit is None else min(0.5, px / resolution_limit), mask_radius=None if mask_diameter is None else mask_diameter / (2 * px),
         )
-        maps = lowpass(vol, cutoff)[None].expand(classes, -1, -1, -1).clone()
+        maps = lowpass(vol, cutoff).expand(classes, -1, -1, -1).clone()  # one map: classes start by random subsets
         prior_R = prior_t = None
         if local:
             if not meta.has_poses:
@@ -81,7 +85,7 @@ def _command(kind: str):
             return
         refs = read_references(str(reference), classes, box, px) if reference is not None else None
         true_R = read_star(truth_star).rotations if truth_star is not None else None
-        protect = tuple(p for p in (star, initial, reference, truth_star) if p is not None)
+        protect = tuple(p for p in (star, *paths, reference, truth_star) if p is not None)
         metrics = write_em_outputs(result, meta, out, px, protect, refs, true_R, symmetry)
         finish_run(out, params, metrics, started)
         for k, r in enumerate(result.resolution):

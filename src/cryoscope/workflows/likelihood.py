@@ -185,15 +185,24 @@ def truth_metrics(
     maps: dict[str, torch.Tensor], references: torch.Tensor | None, rotations: torch.Tensor,
     true_rotations: torch.Tensor | None, pixel_size: float, symmetry: str = "C1",
 ) -> tuple[dict, dict]:
-    """FSC of each named map against its reference after rigid alignment (rotation, shift, hand), and the pose
-    error after gauge alignment (modulo symmetry). Returns (metrics, FSC curves)."""
+    """FSC of each named map against its reference after rigid alignment (rotation, shift, hand; maps paired with
+    references [K, N, N, N] by best mean FSC), and the pose error after gauge alignment (modulo symmetry).
+    Returns (metrics, FSC curves)."""
     metrics, curves = {}, {}
     if references is not None:
-        for (name, vol), ref in zip(maps.items(), references):
-            aligned = fsc_after_alignment(vol.cpu(), ref.to(vol.dtype).cpu())
-            curves[f"{name} vs truth"] = aligned.fsc
+        names = list(maps)
+        # classes come out in any order: pair each map with the reference it matches best (mean FSC, greedy)
+        table = {(i, j): fsc_after_alignment(maps[a].cpu(), references[j].to(maps[a].dtype).cpu())
+                 for i, a in enumerate(names) for j in range(references.shape[0])}
+        free = set(range(references.shape[0]))
+        for i, name in sorted(enumerate(names), key=lambda p: -max(float(table[p[0], j].fsc.mean()) for j in free)):
+            j = max(free, key=lambda j: float(table[i, j].fsc.mean()))
+            free.discard(j)
+            curve = table[i, j].fsc
+            curves[f"{name} vs truth {j + 1}"] = curve
+            metrics[f"{name}_truth_index"] = j + 1
             for thr in (0.5, 0.143):
-                c, a = resolution_at(aligned.fsc, thr, vol.shape[-1], pixel_size)
+                c, a = resolution_at(curve, thr, maps[name].shape[-1], pixel_size)
                 metrics[f"{name}_truth_fsc_{thr}_cycles_per_pixel"], metrics[f"{name}_truth_fsc_{thr}_A"] = c, a
     if true_rotations is not None:
         _, flip, err = align_poses(rotations.double(), true_rotations.double(), symmetry)
