@@ -15,6 +15,8 @@ def register(app: typer.Typer) -> None:
         box: int = typer.Option(64, help="Box size, pixels."),
         voxel_size: float = typer.Option(1.5, help="Pixel size, Å."),
         snr: float = typer.Option(0.1, help="Signal-to-noise ratio inside the particle mask."),
+        abinitio_iterations: int = typer.Option(60, help="Ab-initio minibatch iterations (200 particles each)."),
+        refine_iterations: int = typer.Option(3, help="Refinement iterations."),
         seed: int = typer.Option(0, help="Random seed."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
     ) -> None:
@@ -24,7 +26,8 @@ def register(app: typer.Typer) -> None:
         from cryoscope.workflows.demo import DemoConfig, run_demo
 
         sim = SimulationConfig(n_particles=n_particles, snr=snr, max_shift=3.0, seed=seed)
-        metrics = run_demo(out, DemoConfig(box=box, voxel_size=voxel_size, simulation=sim), device=resolve_device(device))
+        metrics = run_demo(out, DemoConfig(box=box, voxel_size=voxel_size, simulation=sim, abinitio_iterations=abinitio_iterations,
+                                         refine_iterations=refine_iterations), device=resolve_device(device))
         typer.echo(f"report: {out / 'report.html'}")
         typer.echo(
             f"FSC vs truth 0.5: {metrics['truth_fsc_0.5_A']:.2f} Å ({metrics['truth_fsc_0.5_cycles_per_pixel']:.3f} cycles/pixel); "

@@ -62,9 +62,8 @@ def _without_poses(meta, truth: torch.Tensor, config: DemoConfig, out: Path, dev
     ref = run_em(particles, initial, settings, out / "refine", params, config.simulation.seed, progress=progress)
     m_ref = write_em_outputs(ref, meta, out / "refine", px, references=refs, true_rotations=meta.rotations)
     aligned = fsc_after_alignment(ref.map.cpu(), truth)
-    ab_fsc = fsc_after_alignment(ab.maps[0].cpu(), truth).fsc
     oracle = read_map(out / "map.mrc").data
-    curves = {"ab-initio vs truth": ab_fsc, "refined vs truth": aligned.fsc, "refined half-maps": ref.fsc_half[0],
+    curves = {"refined vs truth": aligned.fsc, "refined half-maps": ref.fsc_half[0],
               "known poses (oracle) vs truth": fsc(oracle, truth)}
     keys = ("truth_fsc_0.5_cycles_per_pixel", "truth_fsc_0.5_A", "pose_error_median_deg")
     metrics = {f"abinitio_{k}": m_ab.get(f"map_{k}", m_ab.get(k)) for k in keys}
