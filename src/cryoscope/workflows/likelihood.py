@@ -98,6 +98,18 @@ def _crop_or_pad(vol: torch.Tensor, box: int) -> torch.Tensor:
     return torch.nn.functional.pad(vol, (lo, box - m - lo) * 3)
 
 
+def _checkpoint(out_dir: str | Path, params: dict, resume: bool) -> tuple[CheckpointDir, dict | None]:
+    """The run's checkpoint folder (created) and, when resuming, the saved state (None without a checkpoint: warned)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = CheckpointDir(out, params)
+    if resume and ckpt.exists():
+        return ckpt, ckpt.load()[1]
+    if resume:
+        warnings.warn(f"{ckpt.path}: no checkpoint to resume from; starting from the beginning", stacklevel=2)
+    return ckpt, None
+
+
 def run_em(
     particles: ParticleSource,
     initial_maps: torch.Tensor,
@@ -115,14 +127,8 @@ def run_em(
 
     `params` (JSON-able) must equal the checkpointed run's: resuming with other settings is an error.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = CheckpointDir(out, params)
-    state = None
-    if resume and ckpt.exists():
-        state = from_state_dict(ckpt.load()[1])
-    elif resume:
-        warnings.warn(f"{ckpt.path}: no checkpoint to resume from; starting from the beginning", stacklevel=2)
+    ckpt, saved = _checkpoint(out_dir, params, resume)
+    state = None if saved is None else from_state_dict(saved)
     is_main = ctx is None or ctx.is_main
     bar = tqdm(total=settings.n_iter, initial=0 if state is None else state.iterations_done, desc="EM", unit="iter", disable=not (progress and is_main))
 
@@ -144,15 +150,8 @@ def run_abinitio(
 ) -> AbinitioResult:
     """`likelihood.abinitio.abinitio(particles, **options)` with a checkpoint after every iteration in `out_dir`;
     `resume` continues from the last one (same `params` required)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = CheckpointDir(out, params)
-    state = None
-    if resume and ckpt.exists():
-        d = ckpt.load()[1]
-        state = AbinitioState(**{**d, "history": [AbinitioIteration(**h) for h in d["history"]]})
-    elif resume:
-        warnings.warn(f"{ckpt.path}: no checkpoint to resume from; starting from the beginning", stacklevel=2)
+    ckpt, saved = _checkpoint(out_dir, params, resume)
+    state = None if saved is None else AbinitioState(**{**saved, "history": [AbinitioIteration(**h) for h in saved["history"]]})
     n_iter = options.get("n_iter", 200)
     bar = tqdm(total=n_iter, initial=0 if state is None else state.iteration, desc="ab-initio", unit="iter", disable=not progress)
 
