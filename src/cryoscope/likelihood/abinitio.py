@@ -41,9 +41,19 @@ import torch
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.sampling import random_rotations
 from cryoscope.likelihood.data import ParticleSource, image_power_spectrum
-from cryoscope.likelihood.inplane import healpix_base_rotations, inplane_rotations, score_poses_inplane
-from cryoscope.likelihood.noise import cutoff_mask, n_shells, noise_spectrum, shell_map, shell_power_sums
-from cryoscope.likelihood.scoring import SignificantPoses, best_poses, shift_grid
+from cryoscope.likelihood.inplane import (
+    healpix_base_rotations,
+    inplane_rotations,
+    score_poses_inplane,
+)
+from cryoscope.likelihood.noise import (
+    cutoff_mask,
+    n_shells,
+    noise_spectrum,
+    shell_map,
+    shell_power_sums,
+)
+from cryoscope.likelihood.scoring import best_poses, shift_grid, significant_poses
 from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
 from cryoscope.physics.projection import fourier_volume, slice_fourier_volume
@@ -210,19 +220,6 @@ def _initial_state(particles: ParticleSource, box: int, s: _Settings, geo: _Geom
     )
 
 
-def _top_poses(weights: torch.Tensor, max_poses: int, mass: float = 0.999, rel_threshold: float = 1e-4) -> SignificantPoses:
-    """`scoring.significant_poses` of weights [n, P, T] (summing to 1 per image) restricted to the `max_poses` largest,
-    found by top-k instead of a full sort (P T is large for global grids)."""
-    n, P, T = weights.shape
-    vals, order = weights.reshape(n, -1).topk(min(max_poses, P * T), -1)
-    keep = (vals.cumsum(-1) - vals < mass) & (vals >= rel_threshold * vals[:, :1])
-    keep[:, 0] = True
-    img, pos = keep.nonzero(as_tuple=True)
-    flat, w = order[img, pos], vals[img, pos]
-    total = torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(0, img, w)
-    return SignificantPoses(img, flat // T, flat % T, w / total[img])
-
-
 def _e_step(fvols: list[torch.Tensor], Y, C, base, n_psi: int, shifts, sigma2, cutoff: float, fractions) -> torch.Tensor:
     """Log-likelihoods plus log class fractions [n, K, R, T] over the grid `inplane_rotations(base, n_psi)`
     (in-plane angles by polar FFT, `likelihood.inplane`)."""
@@ -297,7 +294,7 @@ def _iteration(particles: ParticleSource, st: AbinitioState, s: _Settings, geo: 
         class_post = torch.softmax(per_class, -1)
         q = (1 - sim) * class_post + sim / K
         weights = q[..., None, None] * torch.softmax(ll.flatten(2), -1).reshape(ll.shape)
-        keep = _top_poses(weights.reshape(n, K * R, T), s.max_poses)
+        keep = significant_poses(weights.reshape(n, K * R, T), max_poses=s.max_poses)
         mean_ll = float((torch.logsumexp(per_class, -1) - math.log(R * T)).mean())
         del ll, weights
     cls, rot = keep.rotation_index // R, keep.rotation_index % R

@@ -50,7 +50,11 @@ from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.sampling import healpix_step_deg, local_grid
 from cryoscope.geometry.symmetry import asymmetric_unit_mask, symmetry_group
 from cryoscope.likelihood.data import ParticleSource
-from cryoscope.likelihood.inplane import healpix_base_rotations, inplane_rotations, score_poses_inplane
+from cryoscope.likelihood.inplane import (
+    healpix_base_rotations,
+    inplane_rotations,
+    score_poses_inplane,
+)
 from cryoscope.likelihood.noise import n_shells, noise_spectrum, shell_power_sums
 from cryoscope.likelihood.scoring import (
     best_poses,

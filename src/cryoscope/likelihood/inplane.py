@@ -40,9 +40,8 @@ from cryoscope.geometry.sampling import healpix_pixel_centres
 from cryoscope.likelihood.noise import cutoff_mask, n_shells, pixel_sigma2, shell_map
 from cryoscope.physics.ctf import CTFParams, ctf_at
 from cryoscope.physics.fourier import centered_coords, ifft2c
+from cryoscope.physics.projection import sample_fourier_volume
 
-# `physics.projection.fourier_volume` grids carry a zero border of 1 voxel below and 2 above the M^3 interior.
-_BORDER_LOW, _BORDER = 1, 3
 # Upper bound on complex values held per chunk (angular spectra of one chunk of base rotations, DTFT partials).
 _CHUNK_VALUES = 1 << 24
 
@@ -117,28 +116,9 @@ def healpix_base_rotations(order: int, dtype=torch.float32, device=None) -> tupl
 
 
 def _polar_sections(fvol: torch.Tensor, rotations: torch.Tensor, points: torch.Tensor, box: int) -> torch.Tensor:
-    """Central sections F_V(A^T (kx, ky, 0)) of a `fourier_volume` at 2-D points [..., 2] -> [d, ...] complex.
-
-    Same trilinear interpolation as `slice_fourier_volume` (which only takes the Cartesian pixel grid).
-    """
-    size = fvol.shape[-1]
-    m = size - _BORDER
-    flat_pts = points.reshape(-1, 2).to(rotations.dtype)
-    # (A^T k)_j = sum_i A_ij k_i over i = x, y
-    coords = torch.einsum("dij,pi->jdp", rotations[:, :2, :], flat_pts) * (m / box) + (m // 2 + _BORDER_LOW)
-    coords = coords.clamp(0, size - 2)
-    base = coords.floor()
-    t = (coords - base)[..., None]
-    b = base.long()
-    flat = (b[2] * size + b[1]) * size + b[0]
-    s2 = size * size
-    offs = torch.tensor([0, 1, size, size + 1, s2, s2 + 1, s2 + size, s2 + size + 1], device=fvol.device)[:, None, None]
-    g = torch.view_as_real(fvol.reshape(-1).index_select(0, (flat + offs).reshape(-1))).view(8, *flat.shape, 2)
-    t = t.to(g.dtype)
-    g = torch.lerp(g[0::2], g[1::2], t[0])
-    g = torch.lerp(g[0::2], g[1::2], t[1])
-    vals = torch.view_as_complex(torch.lerp(g[0], g[1], t[2]).contiguous())
-    return vals.reshape(rotations.shape[0], *points.shape[:-1])
+    """Central sections F_V(A^T (kx, ky, 0)) of a `fourier_volume` at 2-D points [..., 2] -> [d, ...] complex."""
+    freqs = torch.nn.functional.pad(points.reshape(-1, 2).to(rotations.dtype), (0, 1))
+    return sample_fourier_volume(fvol, rotations, freqs, box).reshape(rotations.shape[0], *points.shape[:-1])
 
 
 def _polar_image_samples(images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ so sums equal full-grid sums exactly. Rotations are scored in chunks to bound me
 
 In-plane rotations are scored by brute force: every (direction, psi) of a HEALPix grid is its own
 slice. Factorising the grid as directions x psi and scoring psi by polar resampling / FFT along the
-angle is not implemented.
+angle is `likelihood.inplane`.
 """
 
 from __future__ import annotations
@@ -193,16 +193,18 @@ def significant_poses(
 
     Per image, poses are taken in decreasing posterior order until the kept mass reaches `mass`, skipping
     poses below `rel_threshold` x the image's maximum, at most `max_poses`; the best pose is always kept.
-    Kept weights are renormalised to sum to 1.
+    Kept weights are renormalised to sum to 1. With `max_poses` only the largest are found (top-k, not a full sort).
     """
     if not (0 < mass <= 1 and rel_threshold >= 0):
         raise InvalidValueError(f"pruning needs 0 < mass <= 1 and rel_threshold >= 0, got {mass}, {rel_threshold}")
     n, R, T = posterior.shape
-    vals, order = posterior.reshape(n, -1).sort(-1, descending=True)
+    flat_post = posterior.reshape(n, -1)
+    if max_poses is None:
+        vals, order = flat_post.sort(-1, descending=True)
+    else:
+        vals, order = flat_post.topk(min(max_poses, R * T), -1)
     before = vals.cumsum(-1) - vals  # mass of the better poses
     keep = (before < mass) & (vals >= rel_threshold * vals[:, :1])
-    if max_poses is not None:
-        keep[:, max_poses:] = False
     keep[:, 0] = True
     img, pos = keep.nonzero(as_tuple=True)
     flat = order[img, pos]

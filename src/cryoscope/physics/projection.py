@@ -314,22 +314,24 @@ def slice_fourier_volume(
     """
     if kernel != "trilinear":
         return _slice_separable(fvol, rotations, box, cutoff, kernel)
-    size = fvol.shape[-1]
-    scale = (size - _LOW - _HIGH) / box
     layout = slice_layout(box, cutoff, fvol.device)
-    table = fvol.reshape(-1)
-    offs = _offsets(size, fvol.device)
     out = []
     for part in _chunks(rotations.shape[0], layout.freqs.shape[0]):
-        flat, t = _corners(rotations[part], layout.freqs, size, scale)
-        g = table.index_select(0, (flat + offs).reshape(-1))  # corners x fastest
-        g = torch.view_as_real(g).view(8, *flat.shape, 2)
-        t = t[..., None].to(g.dtype)
-        g = torch.lerp(g[0::2], g[1::2], t[0])
-        g = torch.lerp(g[0::2], g[1::2], t[1])
-        vals = torch.lerp(g[0], g[1], t[2])
-        out.append(expand_half_slices(torch.view_as_complex(vals.contiguous()), layout))
+        out.append(expand_half_slices(sample_fourier_volume(fvol, rotations[part], layout.freqs, box), layout))
     return torch.cat(out, 0)
+
+
+def sample_fourier_volume(fvol: torch.Tensor, rotations: torch.Tensor, freqs: torch.Tensor, box: int) -> torch.Tensor:
+    """Trilinear samples [n, P] (complex) of a (trilinear) `fourier_volume` at A^T k for rotations [n, 3, 3] and
+    frequencies k [P, 3] (x, y, z) in cycles per N box: central sections at any in-plane points (k_z = 0)."""
+    size = fvol.shape[-1]
+    flat, t = _corners(rotations, freqs, size, (size - _LOW - _HIGH) / box)
+    g = fvol.reshape(-1).index_select(0, (flat + _offsets(size, fvol.device)).reshape(-1))  # corners x fastest
+    g = torch.view_as_real(g).view(8, *flat.shape, 2)
+    t = t[..., None].to(g.dtype)
+    g = torch.lerp(g[0::2], g[1::2], t[0])
+    g = torch.lerp(g[0::2], g[1::2], t[1])
+    return torch.view_as_complex(torch.lerp(g[0], g[1], t[2]).contiguous())
 
 
 def _slice_separable(fvol: torch.Tensor, rotations: torch.Tensor, box: int, cutoff: float | None, kernel: str) -> torch.Tensor:
@@ -580,6 +582,7 @@ __all__ = [
     "padded_size",
     "project",
     "project_real_space",
+    "sample_fourier_volume",
     "scatter_half_slices",
     "scatter_normal_stencil",
     "slice_fourier_volume",

@@ -26,7 +26,12 @@ from cryoscope.io.metadata import ParticleMetadata
 from cryoscope.io.mrc import write_map
 from cryoscope.io.runinfo import write_metrics_json, write_params_json
 from cryoscope.io.star import read_star, write_star
-from cryoscope.likelihood.abinitio import AbinitioIteration, AbinitioResult, AbinitioState, abinitio
+from cryoscope.likelihood.abinitio import (
+    AbinitioIteration,
+    AbinitioResult,
+    AbinitioState,
+    abinitio,
+)
 from cryoscope.likelihood.data import ParticleSource
 from cryoscope.likelihood.em import (
     EMResult,
@@ -37,6 +42,7 @@ from cryoscope.likelihood.em import (
 )
 from cryoscope.physics.filters import fourier_resize
 from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
+from cryoscope.simulation.states import fit_box
 from cryoscope.validation.align import fsc_after_alignment
 from cryoscope.validation.fsc import resolution_at
 
@@ -74,7 +80,7 @@ def match_map(vol: torch.Tensor, voxel_size: float, box: int, pixel_size: float,
             raise InvalidValueError(f"voxel size {voxel_size:g} Å cannot be resampled to the particles' {pixel_size:g} Å", source)
         vol = fourier_resize(vol, m, ndim=3)
     if vol.shape[-1] != box:
-        vol = _crop_or_pad(vol, box)
+        vol = fit_box(vol, box)
     return vol
 
 
@@ -87,15 +93,6 @@ def read_references(spec: str, n_classes: int, box: int, pixel_size: float) -> t
         raise InvalidValueError(f"{len(paths)} reference maps for {n_classes} classes", str(spec))
     maps = [read_map(p) for p in paths]
     return torch.stack([match_map(m.data.float(), m.voxel_size, box, pixel_size, p) for p, m in zip(paths, maps)])
-
-
-def _crop_or_pad(vol: torch.Tensor, box: int) -> torch.Tensor:
-    m = vol.shape[-1]
-    if m > box:
-        lo = m // 2 - box // 2
-        return vol[lo : lo + box, lo : lo + box, lo : lo + box]
-    lo = box // 2 - m // 2
-    return torch.nn.functional.pad(vol, (lo, box - m - lo) * 3)
 
 
 def _checkpoint(out_dir: str | Path, params: dict, resume: bool) -> tuple[CheckpointDir, dict | None]:
