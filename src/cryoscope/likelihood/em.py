@@ -15,14 +15,15 @@ K half-h maps, their poses backprojected only into half-h grids):
 - Half-maps: solved with the default regulariser, then `n_wiener` times re-solved with a per-shell Wiener
   term from their FSC (`reg_from_fsc`); a soft spherical mask (`mask_radius`) is applied to them before
   they score the next iteration. The FSC = `fsc_threshold` crossing is each class's resolution; the
-  best class resolution is the next scoring cutoff (one cutoff for all classes keeps their likelihoods
-  comparable). Full maps are the FSC-weighted averages (`halfmaps.fsc_weighted_average`).
+  best class resolution plus `score_margin_shells` is the next scoring cutoff (one cutoff for all classes
+  keeps their likelihoods comparable). Full maps are the FSC-weighted averages (`halfmaps.fsc_weighted_average`).
 
 Grids, coarse to fine: iteration 0 searches the global HEALPix grid of `healpix_order` (step 60 / 2**order
 degrees; restricted to one asymmetric unit of directions under symmetry; in-plane angles scored by polar
 resampling and FFT, `likelihood.inplane`) and a square shift grid, unless prior poses are given; iteration j >= 1 (or every iteration, from prior poses) searches a local grid of
-step step_0 / 2**j within `local_range_steps` steps around each particle's previous best rotation (of its
-best class), and shifts of step shift_step / 2**j within as many steps around its previous best shift.
+step step_0 / 2**j (at least `min_angular_step_deg`) within `local_range_steps` steps around each particle's
+previous best rotation (of its best class), and shifts of step shift_step / 2**j (at least `min_shift_step`)
+within as many steps around its previous best shift.
 
 Classes start from one map: iteration 0 scores poses against it and assigns each particle to a random
 class (seeded) for the M-step, RELION's random-subset initialisation; a class left with no particles is
@@ -59,6 +60,7 @@ from cryoscope.likelihood.noise import n_shells, noise_spectrum, shell_power_sum
 from cryoscope.likelihood.scoring import (
     best_poses,
     score_poses,
+    SignificantPoses,
     shift_grid,
     significant_poses,
 )
@@ -79,8 +81,11 @@ class EMSettings:
     """Search and reconstruction settings. Shifts in pixels, cutoffs in cycles/pixel, mask radius in pixels.
 
     healpix_order: global grid (step 60 / 2**order degrees); local_range_steps: half-width of local grids in
-    grid steps; initial_cutoff: first scoring cutoff (and the lowest ever used); march_shells: shells beyond
-    the scoring cutoff that the reconstructions keep; rel_threshold / mass / max_poses: pruning of
+    grid steps; min_angular_step_deg / min_shift_step: finest local steps (degrees / pixels; later iterations
+    repeat the finest grid); initial_cutoff: first scoring cutoff (and the lowest ever used); score_margin_shells:
+    shells beyond the half-map FSC resolution that the next iteration scores (RELION's incr_size: the Wiener-filtered
+    references still carry pose information there); march_shells: shells beyond the scoring cutoff that the
+    reconstructions keep; rel_threshold / mass / max_poses: pruning of
     negligible poses (`scoring.significant_poses`); n_wiener: FSC-Wiener re-solves per iteration;
     mask_radius: soft spherical mask on the references (None: 0.45 N); symmetry: point group (C1, Cn, Dn, T, O, I);
     max_cutoff: highest scoring cutoff (classification works best at limited resolution); once scoring reaches
@@ -93,6 +98,9 @@ class EMSettings:
     shift_step: float = 1.0
     initial_cutoff: float = 0.1
     local_range_steps: float = 2.0
+    min_angular_step_deg: float = 0.5
+    min_shift_step: float = 0.1
+    score_margin_shells: int = 3
     march_shells: int = 4
     fsc_threshold: float = 0.143
     rel_threshold: float = 1e-4
@@ -111,6 +119,11 @@ class EMSettings:
             raise InvalidValueError(
                 f"need 0 < initial_cutoff <= 0.5 cycles/pixel, n_iter >= 1 and batch_size >= 1, "
                 f"got {self.initial_cutoff}, {self.n_iter}, {self.batch_size}"
+            )
+        if not (self.min_angular_step_deg > 0 and self.min_shift_step > 0 and self.score_margin_shells >= 0):
+            raise InvalidValueError(
+                f"need positive finest steps and a non-negative score margin, got {self.min_angular_step_deg}°, "
+                f"{self.min_shift_step} px, {self.score_margin_shells} shells"
             )
         symmetry_group(self.symmetry)
 
@@ -184,8 +197,8 @@ def _search_grids(
         grid = inplane_rotations(base, n_psi)
         shifts = shift_grid(s.max_shift, s.shift_step, torch.float32, device)
         return (lambda b: (grid, shifts)), step0, grid.shape[0], shifts.shape[0], (base, n_psi)
-    step = step0 / 2 ** max(it, 1)
-    sstep = s.shift_step / 2 ** max(it, 1)
+    step = max(step0 / 2 ** max(it, 1), s.min_angular_step_deg)
+    sstep = max(s.shift_step / 2 ** max(it, 1), s.min_shift_step)
     offsets = shift_grid(s.local_range_steps * sstep, sstep, torch.float32, device)
     K = local_grid(torch.eye(3, dtype=torch.float64)[None], s.local_range_steps * step, step).shape[1]
 
@@ -215,28 +228,59 @@ class _Accumulator:
         self.group = group.to(device, torch.float32)
         self.box, self.cutoff = box, cutoff
 
-    def add(self, fvols: list[torch.Tensor], Y, C, rotations, shifts, image, cls, r_idx, t_idx, weight, half: int) -> None:
-        box, G = self.box, self.group
-        for lo in range(0, image.numel(), _POSE_CHUNK):
-            sl = slice(lo, lo + _POSE_CHUNK)
-            i, k, r, t, w = image[sl], cls[sl], r_idx[sl], t_idx[sl], weight[sl].to(torch.float32)
-            R = (rotations[r] if rotations.dim() == 3 else rotations[i, r]).to(torch.float32)
-            o = (shifts[t] if shifts.dim() == 2 else shifts[i, t]).to(torch.float32)
-            Ci = torch.ones(i.numel(), box, box, device=Y.device) if C is None else C[i]
-            for c in k.unique().tolist():
-                m = k == c
-                S = slice_fourier_volume(fvols[c], R[m], box, self.cutoff)
-                sums, counts = shell_power_sums(translate(Y[i[m]], o[m]) - Ci[m] * S, w[m])
-                self.noise[0] += sums.double()
-                self.noise[1] += counts.double()
-                g = G.shape[0]
-                sq = (w[m] / g).sqrt()[:, None, None].repeat_interleave(g, 0)
-                Rg = (R[m][:, None] @ G).reshape(-1, 3, 3)
-                ids = torch.full((Rg.shape[0],), half, dtype=torch.long, device=Y.device)
-                batch = ParticleBatch(
-                    Y[i[m]].repeat_interleave(g, 0) * sq, Rg, o[m].repeat_interleave(g, 0), Ci[m].repeat_interleave(g, 0) * sq, ids, fourier=True
-                )
-                self.recs[c].add(batch)
+    def add(self, fvols: list[torch.Tensor], Y, C, rotations, shifts, sig: SignificantPoses, n_rot: int, quantile, half: int) -> None:
+        """Add the kept poses `sig` (rotation index = class * n_rot + rotation) of images Y [n, N, N] (CTFs C).
+
+        Poses of one image, class and rotation share their slice, so their shifts are summed first: the
+        rotation gets sum_t w_t C T_{+t} Y and weight sum_t w_t C^2 (exactly what adding each pose gives). The
+        noise sums take one pose per image, drawn from its kept posterior at `quantile` [n] in [0, 1): an
+        unbiased estimate of the expected residual power, for one slice per image.
+        """
+        i, w = sig.image, sig.weight.to(torch.float32)
+        k, r, t = sig.rotation_index // n_rot, sig.rotation_index % n_rot, sig.shift_index
+        self.class_weight.index_add_(0, k, sig.weight.double())
+        n_img = Y.shape[0]
+        R = rotations[r] if rotations.dim() == 3 else rotations[i, r]
+        o = shifts[t] if shifts.dim() == 2 else shifts[i, t]
+        C = torch.ones(n_img, self.box, self.box, device=Y.device) if C is None else C
+        # noise: poses are listed image by image, best first, with weights summing to 1 per image
+        n_kept = torch.bincount(i, minlength=n_img)
+        first = n_kept.cumsum(0) - n_kept
+        below = (sig.weight.cumsum(0) - i.double()) <= quantile.to(Y.device, torch.float64)[i]
+        pick = first + torch.minimum(torch.zeros_like(n_kept).index_add_(0, i, below.long()), n_kept - 1)
+        for c in k[pick].unique().tolist():
+            p = pick[k[pick] == c]
+            S = slice_fourier_volume(fvols[c], R[p].to(torch.float32), self.box, self.cutoff)
+            sums, counts = shell_power_sums(translate(Y[i[p]], o[p].to(torch.float32)) - C[i[p]] * S)
+            self.noise[0] += sums.double()
+            self.noise[1] += counts.double()
+        # data: one slice per (image, class, rotation), chunked by whole images
+        step = max(1, _POSE_CHUNK // max(1, int(n_kept.max())))
+        for lo in range(0, n_img, step):
+            sel = torch.nonzero((i >= lo) & (i < lo + step)).flatten()
+            key = (i[sel] * len(self.recs) + k[sel]) * n_rot + r[sel]
+            uniq, gid = torch.unique(key, return_inverse=True)
+            W = torch.zeros(uniq.numel(), device=Y.device).index_add_(0, gid, w[sel])
+            Yt = translate(Y[i[sel]], o[sel].to(torch.float32)) * w[sel, None, None]
+            Ysum = torch.zeros(uniq.numel(), self.box, self.box, dtype=Yt.dtype, device=Y.device).index_add_(0, gid, Yt)
+            rep = torch.full((uniq.numel(),), sel.numel(), device=Y.device).scatter_reduce_(
+                0, gid, torch.arange(sel.numel(), device=Y.device), "amin")
+            gi, gk, gR = i[sel][rep], k[sel][rep], R[sel][rep].to(torch.float32)
+            sq = W.sqrt()[:, None, None]
+            self._add_symmetric(Ysum / sq, C[gi] * sq, gR, gk, half)
+
+    def _add_symmetric(self, images, ctf, R, cls, half: int) -> None:
+        """Add images (centred transforms, origin 0) at rotations R to their classes' half-set `half`; with
+        point-group symmetry every image is added once per group element g as R g with weight 1 / |G|."""
+        G = self.group
+        g = G.shape[0]
+        for c in cls.unique().tolist():
+            m = cls == c
+            sq = g ** -0.5
+            Rg = (R[m][:, None] @ G).reshape(-1, 3, 3)
+            ids = torch.full((Rg.shape[0],), half, dtype=torch.long, device=images.device)
+            self.recs[c].add(ParticleBatch(
+                images[m].repeat_interleave(g, 0) * sq, Rg, None, ctf[m].repeat_interleave(g, 0) * sq, ids, fourier=True))
 
     def tensors(self) -> list[torch.Tensor]:
         """Every sum, for an all-reduce across processes."""
@@ -244,6 +288,13 @@ class _Accumulator:
         for rec in self.recs:
             out += [rec.num, rec.stencil, rec.count]
         return out
+
+
+def _noise_quantile(particles: torch.Tensor, it: int) -> torch.Tensor:
+    """[m] low-discrepancy numbers in [0, 1) from global particle indices and the iteration (the same on any
+    sharding): which kept pose of each particle enters the noise sums."""
+    golden = 0.6180339887498949
+    return torch.frac((particles.double() + 1) * golden + it * 0.7548776662466927)
 
 
 def _initial_state(
@@ -336,9 +387,7 @@ def expectation_maximization(
                     one_hot[torch.arange(m), assign[b]] = post.sum(1)
                     post = one_hot
                 sig = significant_poses(post.reshape(m, K * Rn, T), s.rel_threshold, s.mass, s.max_poses)
-                cls_idx, r_idx = sig.rotation_index // Rn, sig.rotation_index % Rn
-                acc.add(fvols, Y, C, R_grid, t_grid, sig.image, cls_idx, r_idx, sig.shift_index, sig.weight, h)
-                acc.class_weight += torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, cls_idx, sig.weight.double())
+                acc.add(fvols, Y, C, R_grid, t_grid, sig, Rn, _noise_quantile(b, it), h)
                 out_R[b], out_t[b] = est.rotations.cpu(), est.shifts.cpu()
                 out_sa[b], out_st[b] = est.angular_spread_deg.cpu().float(), est.shift_spread_px.cpu().float()
                 out_cls[b] = cls_post.cpu().float()
@@ -385,7 +434,7 @@ def _maximization(
         [float(x) for x in fractions], empty,
     )
     live = [r for k, r in enumerate(res) if k not in empty] or [s.initial_cutoff]
-    next_cutoff = min(s.max_cutoff, max(s.initial_cutoff, max(live)))
+    next_cutoff = min(s.max_cutoff, max(s.initial_cutoff, max(live) + s.score_margin_shells / box))
     return EMResult(
         maps=fulls, half_maps=halves, fsc_half=fscs, resolution=res, class_fractions=fractions,
         class_posterior=cls_post, rotations=R, shifts_px=t, angular_spread_deg=spread_a, shift_spread_px=spread_t,
