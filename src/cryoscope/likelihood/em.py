@@ -18,9 +18,11 @@ K half-h maps, their poses backprojected only into half-h grids):
   best class resolution plus `score_margin_shells` is the next scoring cutoff (one cutoff for all classes
   keeps their likelihoods comparable). Full maps are the FSC-weighted averages (`halfmaps.fsc_weighted_average`).
 
-Grids, coarse to fine: iteration 0 searches the global HEALPix grid of `healpix_order` (step 60 / 2**order
-degrees; restricted to one asymmetric unit of directions under symmetry; in-plane angles scored by polar
-resampling and FFT, `likelihood.inplane`) and a square shift grid, unless prior poses are given; iteration j >= 1 (or every iteration, from prior poses) searches a local grid of
+Grids, coarse to fine: iteration j searches the global HEALPix grid of order `healpix_order` + j (step
+60 / 2**(order + j) degrees; restricted to one asymmetric unit of directions under symmetry; in-plane angles
+scored by polar resampling and FFT, `likelihood.inplane`) while that step is at least `global_min_step_deg`,
+with the square shift grid at iteration 0 and a local shift grid after, unless prior poses are given; later
+iterations (or every iteration, from prior poses) search a local grid of
 step step_0 / 2**j (at least `min_angular_step_deg`) within `local_range_steps` steps around each particle's
 previous best rotation (of its best class), and shifts of step shift_step / 2**j (at least `min_shift_step`)
 within as many steps around its previous best shift.
@@ -81,7 +83,9 @@ class EMSettings:
     """Search and reconstruction settings. Shifts in pixels, cutoffs in cycles/pixel, mask radius in pixels.
 
     healpix_order: global grid (step 60 / 2**order degrees); local_range_steps: half-width of local grids in
-    grid steps; min_angular_step_deg / min_shift_step: finest local steps (degrees / pixels; later iterations
+    grid steps; global_min_step_deg: iterations whose step is at least this search globally (RELION searches
+    globally down to a fine step: a particle given a wrong pose by a coarse search is otherwise never recovered);
+    min_angular_step_deg / min_shift_step: finest local steps (degrees / pixels; later iterations
     repeat the finest grid); initial_cutoff: first scoring cutoff (and the lowest ever used); score_margin_shells:
     shells beyond the half-map FSC resolution that the next iteration scores (RELION's incr_size: the Wiener-filtered
     references still carry pose information there); march_shells: shells beyond the scoring cutoff that the
@@ -98,6 +102,7 @@ class EMSettings:
     shift_step: float = 1.0
     initial_cutoff: float = 0.1
     local_range_steps: float = 2.0
+    global_min_step_deg: float = 15.0
     min_angular_step_deg: float = 0.5
     min_shift_step: float = 0.1
     score_margin_shells: int = 3
@@ -120,7 +125,7 @@ class EMSettings:
                 f"need 0 < initial_cutoff <= 0.5 cycles/pixel, n_iter >= 1 and batch_size >= 1, "
                 f"got {self.initial_cutoff}, {self.n_iter}, {self.batch_size}"
             )
-        if not (self.min_angular_step_deg > 0 and self.min_shift_step > 0 and self.score_margin_shells >= 0):
+        if not (self.min_angular_step_deg > 0 and self.global_min_step_deg > 0 and self.min_shift_step > 0 and self.score_margin_shells >= 0):
             raise InvalidValueError(
                 f"need positive finest steps and a non-negative score margin, got {self.min_angular_step_deg}°, "
                 f"{self.min_shift_step} px, {self.score_margin_shells} shells"
@@ -184,22 +189,30 @@ class EMResult:
 
 
 def _search_grids(
-    it: int, prev_R: torch.Tensor | None, prev_t: torch.Tensor | None, s: EMSettings, device: torch.device
+    it: int, prev_R: torch.Tensor | None, prev_t: torch.Tensor | None, s: EMSettings, device: torch.device, from_prior: bool
 ) -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], float, int, int, tuple[torch.Tensor, int] | None]:
-    """Per-batch grid builder (particle indices -> rotations, shifts), angular step, grid sizes, and for the
-    global grid its factorisation (base rotations [D, 3, 3], n_psi) for in-plane scoring by FFT."""
+    """Per-batch grid builder (particle indices -> rotations, shifts), angular step, grid sizes, and for a
+    global grid its factorisation (base rotations [D, 3, 3], n_psi) for in-plane scoring by FFT.
+
+    Iteration j searches at step step_0 / 2**j: globally (HEALPix order healpix_order + j) while that step is at
+    least `global_min_step_deg` and the run did not start from prior poses, else locally around the previous pose.
+    Shifts: the full grid at iteration 0, later a local grid of step shift_step / 2**j around the previous origin.
+    """
     step0 = healpix_step_deg(s.healpix_order)
-    if prev_R is None:
-        base, n_psi = healpix_base_rotations(s.healpix_order, torch.float64, device)
+    j = max(it, 1) if from_prior else it
+    sstep = max(s.shift_step / 2**j, s.min_shift_step)
+    offsets = shift_grid(s.local_range_steps * sstep, sstep, torch.float32, device)
+    if not from_prior and (it == 0 or step0 / 2**it >= s.global_min_step_deg):
+        base, n_psi = healpix_base_rotations(s.healpix_order + it, torch.float64, device)
         if s.symmetry.upper() != "C1":
             base = base[asymmetric_unit_mask(base[:, 2, :], s.symmetry)]  # viewing direction = third row of A
         base = base.to(torch.float32)
         grid = inplane_rotations(base, n_psi)
-        shifts = shift_grid(s.max_shift, s.shift_step, torch.float32, device)
-        return (lambda b: (grid, shifts)), step0, grid.shape[0], shifts.shape[0], (base, n_psi)
-    step = max(step0 / 2 ** max(it, 1), s.min_angular_step_deg)
-    sstep = max(s.shift_step / 2 ** max(it, 1), s.min_shift_step)
-    offsets = shift_grid(s.local_range_steps * sstep, sstep, torch.float32, device)
+        if it == 0:
+            shifts = shift_grid(s.max_shift, s.shift_step, torch.float32, device)
+            return (lambda b: (grid, shifts)), step0, grid.shape[0], shifts.shape[0], (base, n_psi)
+        return (lambda b: (grid, prev_t[b].to(device)[:, None, :] + offsets)), step0 / 2**it, grid.shape[0], offsets.shape[0], (base, n_psi)
+    step = max(step0 / 2**j, s.min_angular_step_deg)
     K = local_grid(torch.eye(3, dtype=torch.float64)[None], s.local_range_steps * step, step).shape[1]
 
     def build(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,7 +370,7 @@ def expectation_maximization(
             prev_R, prev_t = (prior_rotations.float(), prior_shifts_px.float()) if have_prior else (None, None)
         else:
             prev_R, prev_t = st.rotations, st.shifts_px
-        build, step, n_rot, n_shift, inplane = _search_grids(it, prev_R, prev_t, s, device)
+        build, step, n_rot, n_shift, inplane = _search_grids(it, prev_R, prev_t, s, device, have_prior)
         cutoff = st.next_cutoff
         recon_cutoff = 0.5 if cutoff >= s.max_cutoff else min(0.5, cutoff + s.march_shells / box)
         acc = _Accumulator(K, box, recon_cutoff, s, group, device)
