@@ -142,3 +142,58 @@ def test_a_class_that_loses_all_particles_is_reported_not_fatal():
     assert res.history[-1].empty_classes == [1]
     assert float(res.class_fractions[1]) == 0.0 and float((res.best_class == 0).float().mean()) > 0.9
     assert torch.isfinite(res.maps).all()
+
+
+def _kept_poses(n: int, n_rot: int, n_shift: int, per_image: int, g: torch.Generator):
+    """Random kept poses, image by image and best first (as `significant_poses` lists them), weights summing to 1."""
+    from cryoscope.likelihood.scoring import SignificantPoses
+
+    image = torch.arange(n).repeat_interleave(per_image)
+    rot = torch.randint(n_rot, (n * per_image,), generator=g)  # repeats: several shifts of one rotation
+    shift = torch.randint(n_shift, (n * per_image,), generator=g)
+    w = torch.rand(n, per_image, generator=g, dtype=torch.float64).sort(-1, descending=True).values
+    return SignificantPoses(image, rot, shift, (w / w.sum(-1, keepdim=True)).reshape(-1))
+
+
+def test_m_step_sums_equal_adding_every_kept_pose():
+    """Summing the kept shifts of one (image, rotation) before the slice is added is exact: the reconstructor's
+    sums equal those of adding each pose with weight w as (sqrt(w) T Y, sqrt(w) C)."""
+    from cryoscope.likelihood import em
+    from cryoscope.particles import ParticleBatch
+    from cryoscope.reconstruction.direct import DirectReconstructor
+
+    g = torch.Generator().manual_seed(3)
+    n, box = 6, 16
+    Y = torch.randn(n, box, box, dtype=torch.complex64, generator=g)
+    C = torch.rand(n, box, box, generator=g) + 0.1
+    rotations = random_rotations(5, generator=g).float()
+    shifts = torch.randn(4, 2, generator=g)
+    sig = _kept_poses(n, 5, 4, 7, g)
+    s = EMSettings()
+    acc = em._Accumulator(1, box, 0.5, s, symmetry_group("C1", torch.float32), torch.device("cpu"))
+    fvol = [torch.zeros(box * 2 + 3, box * 2 + 3, box * 2 + 3, dtype=torch.complex64)]
+    acc.add(fvol, Y, C, rotations, shifts, sig, 5, torch.rand(n, generator=g), 1)
+    naive = DirectReconstructor(box, s.oversample, 0.5, n_halves=2)
+    q = sig.weight.float().sqrt()[:, None, None]
+    i, r, t = sig.image, sig.rotation_index, sig.shift_index
+    naive.add(ParticleBatch(Y[i] * q, rotations[r], shifts[t], C[i] * q, torch.ones_like(i), fourier=True))
+    rec = acc.recs[0]
+    assert torch.allclose(rec.num, naive.num, atol=1e-4 * float(naive.num.abs().max()))
+    assert torch.allclose(rec.stencil, naive.stencil, atol=1e-4 * float(naive.stencil.abs().max()))
+
+
+def test_noise_pose_is_drawn_with_the_posterior_weights():
+    """The pose each image gives the noise sums is drawn from its kept posterior: over many images the draw
+    frequencies match the weights (4,000 images, quasi-random quantiles)."""
+    from cryoscope.likelihood import em
+
+    from cryoscope.likelihood.scoring import SignificantPoses
+
+    n = 4000
+    weights = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    image = torch.arange(n).repeat_interleave(4)
+    sig = SignificantPoses(image, torch.arange(4).repeat(n), torch.zeros(4 * n, dtype=torch.long), weights.repeat(n))
+    pick = em.posterior_draw(sig, n, em._noise_quantile(torch.arange(n), 2))
+    assert bool((sig.image[pick] == torch.arange(n)).all())  # one pose of each image
+    freq = torch.bincount(sig.rotation_index[pick], minlength=4).double() / n
+    assert torch.allclose(freq, weights, atol=0.01), freq

@@ -17,6 +17,7 @@ def _command(kind: str):
         classes: int = typer.Option(1 if kind == "refine" else 2, "--classes", "-K", help="Number of classes.", hidden=kind == "refine"),
         iterations: int = typer.Option(6 if kind == "refine" else 8, help="EM iterations."),
         healpix_order: int = typer.Option(1, help="Global angular grid: HEALPix order (step 60 / 2**order degrees)."),
+        global_min_step: float = typer.Option(7.5, help="Iterations whose angular step is at least this (degrees) search globally, one HEALPix order finer each; then local searches."),
         max_shift: float = typer.Option(3.0, help="Shift search range, pixels (±)."),
         shift_step: float = typer.Option(1.0, help="Shift grid step of the global search, pixels."),
         initial_lowpass: float = typer.Option(30.0, help="Low-pass of the starting map and first scoring cutoff, Å."),
@@ -54,7 +55,7 @@ def _command(kind: str):
 
         started = time.perf_counter()
         params = {"command": kind, "star": str(star), "initial": str(initial), "classes": classes, "iterations": iterations,
-                  "healpix_order": healpix_order, "max_shift": max_shift, "shift_step": shift_step,
+                  "healpix_order": healpix_order, "global_min_step": global_min_step, "max_shift": max_shift, "shift_step": shift_step,
                   "initial_lowpass": initial_lowpass, "resolution_limit": resolution_limit, "local": local, "symmetry": symmetry, "mask_diameter": mask_diameter,
                   "ctf": ctf, "pixel_size": pixel_size, "max_poses": max_poses, "batch_size": batch_size, "seed": seed}
         ctx = init_distributed(device)
@@ -70,7 +71,7 @@ def _command(kind: str):
         vol = torch.stack([match_map(m.data.float(), m.voxel_size, box, px, p) for p, m in ((p, read_map(p)) for p in paths)])
         cutoff = min(0.5, px / initial_lowpass)
         settings = EMSettings(
-            n_iter=iterations, healpix_order=healpix_order, max_shift=max_shift, shift_step=shift_step, initial_cutoff=cutoff,
+            n_iter=iterations, healpix_order=healpix_order, global_min_step_deg=global_min_step, max_shift=max_shift, shift_step=shift_step, initial_cutoff=cutoff,
             batch_size=batch_size, max_poses=max_poses, symmetry=symmetry, max_cutoff=0.5 if resolution_limit is None else min(0.5, px / resolution_limit), mask_radius=None if mask_diameter is None else mask_diameter / (2 * px),
         )
         maps = lowpass(vol, cutoff).expand(classes, -1, -1, -1).clone()  # one map: classes start by random subsets

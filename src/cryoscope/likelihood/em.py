@@ -102,7 +102,7 @@ class EMSettings:
     shift_step: float = 1.0
     initial_cutoff: float = 0.1
     local_range_steps: float = 2.0
-    global_min_step_deg: float = 15.0
+    global_min_step_deg: float = 7.5
     min_angular_step_deg: float = 0.5
     min_shift_step: float = 0.1
     score_margin_shells: int = 3
@@ -256,11 +256,8 @@ class _Accumulator:
         R = rotations[r] if rotations.dim() == 3 else rotations[i, r]
         o = shifts[t] if shifts.dim() == 2 else shifts[i, t]
         C = torch.ones(n_img, self.box, self.box, device=Y.device) if C is None else C
-        # noise: poses are listed image by image, best first, with weights summing to 1 per image
+        pick = posterior_draw(sig, n_img, quantile.to(Y.device))
         n_kept = torch.bincount(i, minlength=n_img)
-        first = n_kept.cumsum(0) - n_kept
-        below = (sig.weight.cumsum(0) - i.double()) <= quantile.to(Y.device, torch.float64)[i]
-        pick = first + torch.minimum(torch.zeros_like(n_kept).index_add_(0, i, below.long()), n_kept - 1)
         for c in k[pick].unique().tolist():
             p = pick[k[pick] == c]
             S = slice_fourier_volume(fvols[c], R[p].to(torch.float32), self.box, self.cutoff)
@@ -301,6 +298,15 @@ class _Accumulator:
         for rec in self.recs:
             out += [rec.num, rec.stencil, rec.count]
         return out
+
+
+def posterior_draw(sig: SignificantPoses, n_images: int, quantile: torch.Tensor) -> torch.Tensor:
+    """[n_images] indices into the kept poses `sig` (listed image by image, weights summing to 1 per image): for
+    each image the pose at `quantile` [n_images] in [0, 1) of its cumulative posterior (inverse-CDF draw)."""
+    n_kept = torch.bincount(sig.image, minlength=n_images)
+    first = n_kept.cumsum(0) - n_kept
+    below = (sig.weight.double().cumsum(0) - sig.image.double()) <= quantile.double()[sig.image]
+    return first + torch.minimum(torch.zeros_like(n_kept).index_add_(0, sig.image, below.long()), n_kept - 1)
 
 
 def _noise_quantile(particles: torch.Tensor, it: int) -> torch.Tensor:
@@ -494,6 +500,7 @@ __all__ = [
     "classify",
     "expectation_maximization",
     "from_state_dict",
+    "posterior_draw",
     "refine",
     "state_dict",
 ]
