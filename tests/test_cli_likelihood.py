@@ -50,7 +50,7 @@ def _simulate(out, maps, n, *extra):
 
 def _refine_args(star, initial, out, *extra):
     return ["refine", str(star), "--initial", str(initial), "-o", str(out), "--iterations", "3", "--healpix-order", "1",
-            "--max-shift", "1", "--initial-lowpass", "26", "--max-poses", "8", "--seed", "1", "--no-progress", *extra]
+            "--global-min-step", "15", "--max-shift", "1", "--initial-lowpass", "26", "--max-poses", "8", "--seed", "1", "--no-progress", *extra]
 
 
 def test_refine_cli_writes_maps_star_metrics_and_recovers_poses(tmp_path, states):
