@@ -15,7 +15,7 @@ $CS simulate --map "$OUT/full.mrc" --map "$OUT/masked.mrc" --fractions 0.5,0.5 -
 STAR="$OUT/sim/particles.star"; REFS="$OUT/full.mrc,$OUT/masked.mrc"
 $CS abinitio "$STAR" -o "$OUT/abinitio" -K 2 --iterations 100 --reference "$REFS" --truth-star "$STAR" --seed 1 --no-progress
 $CS classify "$STAR" --initial "$OUT/abinitio/class001.mrc,$OUT/abinitio/class002.mrc" -o "$OUT/classify" -K 2 \
-    --iterations 6 --global-min-step 15 --initial-lowpass 30 --reference "$REFS" --truth-star "$STAR" --seed 1 --no-progress
+    --iterations 5 --global-min-step 15 --initial-lowpass 30 --reference "$REFS" --truth-star "$STAR" --seed 1 --no-progress
 $PY - "$OUT" <<'PY'
 import sys, starfile, numpy as np, json
 out = sys.argv[1]

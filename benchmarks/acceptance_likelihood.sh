@@ -16,11 +16,9 @@ t $CS reconstruct "$STAR" -o "$OUT/oracle" --reference "$TRUTH" --seed 1
 t $CS abinitio "$STAR" -o "$OUT/abinitio" --iterations 100 --reference "$TRUTH" --truth-star "$STAR" --seed 1 --no-progress
 t $CS refine "$STAR" --initial "$OUT/abinitio/map.mrc" -o "$OUT/refine" --iterations 7 --initial-lowpass 30 \
     --reference "$TRUTH" --truth-star "$STAR" --seed 1 --no-progress
-# the pose-error reference: the same refinement started from the true poses (local searches, 15° down to 0.5°)
-t $CS refine "$STAR" --initial "$TRUTH" -o "$OUT/refine_from_truth" --local --iterations 6 --initial-lowpass 30 \
-    --reference "$TRUTH" --truth-star "$STAR" --seed 1 --no-progress
-# what the data supports: maximum-likelihood poses against the TRUE map (±3° at 0.5° around the true pose, true
-# origins), then the hard-assignment map from them
-OUT_STAR="$OUT/ml_true_map.star" WINDOW_DEG=3 STEP_DEG=0.5 SHIFT_RANGE=0 SHIFT_STEP=1 ${PYTHON:-python} \
-    benchmarks/pose_floor.py "$STAR" "$TRUTH" "$N" 0.33 > "$OUT/pose_floor.json"
+# what the data supports, on the first 3,000 particles: maximum-likelihood poses against the TRUE map (±3° at 0.75°
+# around the true pose, true origins) and the hard-assignment map from them, beside the true-pose map of the same particles
+OUT_STAR="$OUT/ml_true_map.star" WINDOW_DEG=3 STEP_DEG=0.75 SHIFT_RANGE=0 SHIFT_STEP=1 ${PYTHON:-python} \
+    benchmarks/pose_floor.py "$STAR" "$TRUTH" 3000 0.33 > "$OUT/pose_floor.json"
 t $CS reconstruct "$OUT/ml_true_map.star" -o "$OUT/ml_true_map_recon" --reference "$TRUTH" --seed 1
+t $CS reconstruct "$OUT/ml_true_map_truth.star" -o "$OUT/ml_true_map_oracle" --reference "$TRUTH" --seed 1

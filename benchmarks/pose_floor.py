@@ -3,9 +3,10 @@ their true poses (the best a refinement could do with a perfect reference), and 
 maximum-likelihood pose and the posterior angular spread. This is the evidence for issue 4's "if the data cannot
 support 3°" clause: a refinement's pose error cannot beat this floor by much.
 
-With OUT_STAR set (environment), the maximum-likelihood poses at the last cutoff are written there as a STAR file:
-`cryoscope reconstruct` of it is the best hard-assignment map a refinement with a perfect reference could give
-(optimistic: the search window is centred on the truth).
+With OUT_STAR set (environment), the maximum-likelihood poses at the last cutoff are written there as a STAR file
+(and the same particles with their true poses beside it, *_truth.star): `cryoscope reconstruct` of it is the best
+hard-assignment map a refinement with a perfect reference could give (optimistic: the search window is centred on
+the truth), to compare with the true-pose map of the same particles.
 
 Noise spectrum: per-shell mean |Y - C S_true|² at the true poses. Usage (project venv):
 [OUT_STAR=ml.star] [WINDOW_DEG=4 STEP_DEG=0.5 SHIFT_RANGE=1 SHIFT_STEP=0.25] python benchmarks/pose_floor.py PARTICLES.star TRUTH.mrc [N_PARTICLES] [CUTOFF ...]
@@ -68,6 +69,7 @@ def main(star: str, truth: str, n: int, cutoffs: list[float]) -> dict:
         ml = meta.subset(idx)
         ml = type(ml)(**{**vars(ml), "rotations": torch.cat(R_ml).double(), "euler": None, "shifts_A": torch.cat(t_ml).double() * px})
         write_star(os.environ["OUT_STAR"], ml)
+        write_star(os.environ["OUT_STAR"].replace(".star", "_truth.star"), meta.subset(idx))  # the same particles, true poses
     return out
 
 
