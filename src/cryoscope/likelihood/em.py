@@ -72,7 +72,7 @@ from cryoscope.physics.projection import fourier_volume, slice_fourier_volume
 from cryoscope.physics.shift import translate
 from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
 from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
-from cryoscope.validation.fsc import fsc, resolution_at
+from cryoscope.validation.fsc import fsc, resolution_at, shell_frequencies
 
 # Kept poses expanded per M-step chunk (each is one N x N complex image).
 _POSE_CHUNK = 2048
@@ -439,10 +439,10 @@ def _maximization(
         n_cg = s.solver_iterations
         h0, h1 = rec.volume(0, n_iter=n_cg), rec.volume(1, n_iter=n_cg)
         for _ in range(s.n_wiener):
-            f = fsc(h0, h1)
+            f = _reconstructed_fsc(h0, h1, acc.cutoff)
             h0 = rec.volume(0, reg=reg_from_fsc(f, rec.shell_weights(0)), n_iter=n_cg)
             h1 = rec.volume(1, reg=reg_from_fsc(f, rec.shell_weights(1)), n_iter=n_cg)
-        f = fsc(h0 * mask, h1 * mask)
+        f = _reconstructed_fsc(h0 * mask, h1 * mask, acc.cutoff)
         fulls[k] = fsc_weighted_average(h0, h1, f)[0]
         halves[0, k], halves[1, k] = h0 * mask, h1 * mask
         fscs[k] = f.float().cpu()
@@ -459,6 +459,13 @@ def _maximization(
         class_posterior=cls_post, rotations=R, shifts_px=t, angular_spread_deg=spread_a, shift_spread_px=spread_t,
         sigma2=sigma2, half=st.half, next_cutoff=next_cutoff, iterations_done=it + 1, history=[*st.history, stats],
     )
+
+
+def _reconstructed_fsc(h0: torch.Tensor, h1: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """FSC of two half-maps [N, N, N], 0 in shells beyond `cutoff` (cycles/pixel): those hold no data, only
+    rounding residue, whose FSC is noise (and would set their Wiener terms at random)."""
+    f = fsc(h0, h1)
+    return torch.where(shell_frequencies(h0.shape[-1], f.device, f.dtype) > cutoff + 1e-9, torch.zeros_like(f), f)
 
 
 def refine(particles: ParticleSource, initial_map: torch.Tensor, settings: EMSettings | None = None, **kw) -> EMResult:
