@@ -22,7 +22,7 @@ def _command(kind: str):
         shift_step: float = typer.Option(1.0, help="Shift grid step of the global search, pixels."),
         initial_lowpass: float = typer.Option(30.0, help="Low-pass of the starting map and first scoring cutoff, Å."),
         resolution_limit: float = typer.Option(None, help="Never score beyond this resolution, Å (maps are then reconstructed to Nyquist)."),
-        local: bool = typer.Option(False, help="Start from the STAR file's poses with local searches (no global search)."),
+        local: bool = typer.Option(False, help="Start from the STAR file's poses with local searches (no global search); the first local step is 60 / 2**(healpix_order + 1) degrees (e.g. --healpix-order 4: 1.875°)."),
         symmetry: str = typer.Option("C1", help="Point group: C1, Cn, Dn, T, O or I (RELION axes)."),
         mask_diameter: float = typer.Option(None, help="Soft spherical mask diameter, Å (default 0.9 of the box)."),
         reference: Path = typer.Option(None, help="Ground-truth map(s) (comma-separated, one per class) to report FSC after alignment."),
