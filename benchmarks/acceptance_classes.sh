@@ -13,6 +13,16 @@ $PY benchmarks/make_subunit_state.py tests/data/maps/ribosome70S_65.mrc 3.0 "$OU
 $CS simulate --map "$OUT/full.mrc" --map "$OUT/masked.mrc" --fractions 0.5,0.5 -n "$N" --snr 0.05 \
     --defocus-min 10000 --defocus-max 30000 --max-shift 3 --seed 12 -o "$OUT/sim"
 STAR="$OUT/sim/particles.star"; REFS="$OUT/full.mrc,$OUT/masked.mrc"
+# per-class oracle: each class's particles reconstructed with their true poses (the bar for the class maps)
+$PY - "$OUT" <<'PY'
+import sys, starfile
+out = sys.argv[1]
+d, g = starfile.read(f"{out}/sim/particles.star"), starfile.read(f"{out}/sim/ground_truth.star")
+cls = (g["particles"] if isinstance(g, dict) else g)["rlnClassNumber"].to_numpy()
+for k in (1, 2):
+    starfile.write({"optics": d["optics"], "particles": d["particles"][cls == k]}, f"{out}/sim/oracle_class{k}.star", overwrite=True)
+PY
+for k in 1 2; do $CS reconstruct "$OUT/sim/oracle_class$k.star" -o "$OUT/oracle$k" --reference "$OUT/sim/truth_$k.mrc" --seed 1; done
 $CS abinitio "$STAR" -o "$OUT/abinitio" -K 2 --iterations 100 --reference "$REFS" --truth-star "$STAR" --seed 1 --no-progress
 $CS classify "$STAR" --initial "$OUT/abinitio/class001.mrc,$OUT/abinitio/class002.mrc" -o "$OUT/classify" -K 2 \
     --iterations 5 --global-min-step 15 --initial-lowpass 30 --reference "$REFS" --truth-star "$STAR" --seed 1 --no-progress
