@@ -179,11 +179,12 @@ def particle_table(
 
 def truth_metrics(
     maps: dict[str, torch.Tensor], references: torch.Tensor | None, rotations: torch.Tensor,
-    true_rotations: torch.Tensor | None, pixel_size: float, symmetry: str = "C1",
+    true_rotations: torch.Tensor | None, pixel_size: float, symmetry: str = "C1", classes: torch.Tensor | None = None,
 ) -> tuple[dict, dict]:
     """FSC of each named map against its reference after rigid alignment (rotation, shift, hand; maps paired with
     references [K, N, N, N] by best mean FSC), and the pose error after gauge alignment (modulo symmetry).
-    Returns (metrics, FSC curves)."""
+    classes [n] (best class per particle, K > 1): every class map has its own frame, so each class's particles get
+    their own gauge. Returns (metrics, FSC curves)."""
     metrics, curves = {}, {}
     if references is not None:
         names = list(maps)
@@ -201,8 +202,21 @@ def truth_metrics(
                 c, a = resolution_at(curve, thr, maps[name].shape[-1], pixel_size)
                 metrics[f"{name}_truth_fsc_{thr}_cycles_per_pixel"], metrics[f"{name}_truth_fsc_{thr}_A"] = c, a
     if true_rotations is not None:
-        _, flip, err = align_poses(rotations.double(), true_rotations.double(), symmetry)
-        metrics |= {"pose_error_median_deg": float(err.median()), "pose_error_mean_deg": float(err.mean()), "pose_gauge_flip": bool(flip)}
+        names = list(maps)
+        labels = torch.zeros(rotations.shape[0], dtype=torch.long) if classes is None or len(names) == 1 else classes.cpu()
+        errors = []
+        for k in labels.unique().tolist():
+            sel = labels == k
+            if int(sel.sum()) < 3:  # no gauge from fewer particles
+                continue
+            _, flip, err = align_poses(rotations[sel].double(), true_rotations[sel].double(), symmetry)
+            errors.append(err)
+            if len(names) > 1:
+                metrics[f"{names[k]}_pose_error_median_deg"] = float(err.median())
+        err = torch.cat(errors)
+        metrics |= {"pose_error_median_deg": float(err.median()), "pose_error_mean_deg": float(err.mean())}
+        if len(names) == 1:
+            metrics["pose_gauge_flip"] = bool(flip)
     return metrics, curves
 
 
@@ -241,7 +255,8 @@ def write_em_outputs(
         metrics[f"{name}_halfmap_fsc_0.143_A"] = pixel_size / cyc if cyc > 0 else math.inf
         metrics[f"{name}_fraction"] = float(result.class_fractions[k])
         curves[f"{name}: half-maps"] = result.fsc_half[k]
-    m, c = truth_metrics(dict(zip(names, result.maps)), references, result.rotations, true_rotations, pixel_size, symmetry)
+    m, c = truth_metrics(dict(zip(names, result.maps)), references, result.rotations, true_rotations, pixel_size, symmetry,
+                         result.best_class)
     metrics |= m
     curves |= c
     metrics["empty_classes"] = result.history[-1].empty_classes if result.history else []
@@ -274,7 +289,8 @@ def write_abinitio_outputs(
     for k, name in enumerate(names):
         write_map(out / f"{name}.mrc", result.maps[k], pixel_size, protect)
         metrics[f"{name}_fraction"] = float(result.class_fractions[k])
-    m, curves = truth_metrics(dict(zip(names, result.maps)), references, result.rotations, true_rotations, pixel_size)
+    m, curves = truth_metrics(dict(zip(names, result.maps)), references, result.rotations, true_rotations, pixel_size,
+                              classes=result.best_class)
     metrics |= m
     table, cols = particle_table(meta, result.rotations, result.shifts_px, result.class_posterior, pixel_size)
     write_star(out / "particles.star", table, protect=protect, extra=cols)
