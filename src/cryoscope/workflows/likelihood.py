@@ -213,10 +213,11 @@ def truth_metrics(
             errors.append(err)
             if len(names) > 1:
                 metrics[f"{names[k]}_pose_error_median_deg"] = float(err.median())
-        err = torch.cat(errors)
-        metrics |= {"pose_error_median_deg": float(err.median()), "pose_error_mean_deg": float(err.mean())}
-        if len(names) == 1:
-            metrics["pose_gauge_flip"] = bool(flip)
+        if errors:
+            err = torch.cat(errors)
+            metrics |= {"pose_error_median_deg": float(err.median()), "pose_error_mean_deg": float(err.mean())}
+            if len(names) == 1:
+                metrics["pose_gauge_flip"] = bool(flip)
     return metrics, curves
 
 
