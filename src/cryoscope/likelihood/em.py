@@ -129,8 +129,9 @@ class EMSettings:
             )
         if not (self.min_angular_step_deg > 0 and self.global_min_step_deg > 0 and self.min_shift_step > 0 and self.score_margin_shells >= 0):
             raise InvalidValueError(
-                f"need positive finest steps and a non-negative score margin, got {self.min_angular_step_deg}°, "
-                f"{self.min_shift_step} px, {self.score_margin_shells} shells"
+                f"need positive steps and a non-negative score margin, got min_angular_step_deg={self.min_angular_step_deg}, "
+                f"global_min_step_deg={self.global_min_step_deg}, min_shift_step={self.min_shift_step}, "
+                f"score_margin_shells={self.score_margin_shells}"
             )
         symmetry_group(self.symmetry)
 
