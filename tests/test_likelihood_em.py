@@ -25,7 +25,7 @@ from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.forward import ImageFormation
 from cryoscope.representations.voxel import VoxelMap
 from cryoscope.validation.fsc import fsc
-from cryoscope.workflows.likelihood import lowpass
+from cryoscope.workflows.likelihood import lowpass, truth_metrics
 
 BOX, VOXEL = 24, 4.0
 
@@ -214,8 +214,6 @@ def test_noise_pose_is_drawn_with_the_posterior_weights():
 
 def test_class_pose_errors_use_one_gauge_per_class():
     """Class maps come out in independent frames: each class's poses are aligned to the truth with their own gauge."""
-    from cryoscope.workflows.likelihood import truth_metrics
-
     g = torch.Generator().manual_seed(5)
     true_R = random_rotations(200, g, torch.float64)
     gauges = random_rotations(2, g, torch.float64)

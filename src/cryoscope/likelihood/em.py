@@ -15,11 +15,9 @@ K half-h maps, their poses backprojected only into half-h grids):
 - Half-maps: solved with the default regulariser; their (unmasked) FSC is each class's FSC, and with
   `n_wiener` > 0 they are re-solved with a per-shell Wiener term from it (`reg_from_fsc`); a soft spherical mask
   (`mask_radius`) is applied to them before they score the next iteration. The FSC = `fsc_threshold` crossing is
-  each class's resolution; the
-  best class resolution plus `score_margin_shells` is the next scoring cutoff (one cutoff for all classes
-  keeps their likelihoods comparable). Full maps are the FSC-weighted averages (`halfmaps.fsc_weighted_average`)
-  of the masked half-maps (measured on the 10,000-particle ribosome refinement: FSC vs truth at 0.23 cycles/pixel
-  0.47 from the masked half-maps, 0.39 from the unmasked ones).
+  each class's resolution; the best class resolution plus `score_margin_shells` is the next scoring cutoff (one
+  cutoff for all classes keeps their likelihoods comparable). Full maps are the FSC-weighted averages
+  (`halfmaps.fsc_weighted_average`) of the masked half-maps.
 
 Grids, coarse to fine: iteration j searches the global HEALPix grid of order `healpix_order` + j (step
 60 / 2**(order + j) degrees; restricted to one asymmetric unit of directions under symmetry; in-plane angles
