@@ -149,9 +149,9 @@ def sharded_reconstruction_worker(ctx, batch):
     rec = DirectReconstructor(batch.images.shape[-1], dtype=torch.float64)
     rec.add(take(batch, shard_indices(torch.arange(batch.images.shape[0]), ctx)))
     local = int(rec.count.sum())
-    all_reduce_sum_([rec.num, rec.stencil, rec.count], ctx)
+    all_reduce_sum_([rec.sums.rows, rec.count], ctx)
     maps = [rec.volume(0), rec.volume(1), rec.volume()]
-    return {"local": local, "count": rec.count, "num": rec.num, "stencil": rec.stencil, "maps": maps}
+    return {"local": local, "count": rec.count, "rows": rec.sums.rows, "maps": maps}
 
 
 def test_sharded_direct_reconstruction_equals_serial():
@@ -161,7 +161,7 @@ def test_sharded_direct_reconstruction_equals_serial():
     serial.add(batch)
     assert out["local"] == 120 and torch.equal(out["count"], serial.count)
     # float64 sums: only the order of additions differs (a half-set's map alone is off by ~3e-3)
-    assert torch.allclose(out["num"], serial.num, rtol=1e-12, atol=1e-12 * float(serial.num.abs().max()))
-    assert torch.allclose(out["stencil"], serial.stencil, rtol=1e-12, atol=1e-12 * float(serial.stencil.abs().max()))
+    rows = serial.sums.rows
+    assert torch.allclose(out["rows"], rows, rtol=1e-12, atol=1e-12 * float(rows.abs().max()))
     for got, want in zip(out["maps"], [serial.volume(0), serial.volume(1), serial.volume()]):
         assert got.dtype == torch.float64 and (got - want).norm() <= 1e-10 * want.norm()

@@ -104,36 +104,44 @@ def test_project_reuses_a_precomputed_fourier_volume():
     assert torch.allclose(project(v, R, fvol=fourier_volume(v)), project(v, R), atol=1e-12)
 
 
-def test_normal_stencil_equals_slice_weight_backproject():
-    """The accumulated 27-point stencil applies Interp* diag(w) Interp exactly (and its row sums are the spread weights)."""
+@pytest.mark.parametrize("n", [12, 13])
+def test_cell_sums_give_the_normal_operator_and_backprojection(n):
+    """Per-cell rows (samples folded to z >= 0) reproduce Interp* diag(w) Interp and the weighted backprojection
+    of the unfolded samples, as real maps (the adjoint's real part is the Hermitian symmetrisation)."""
     from cryoscope.physics.projection import (
-        apply_normal_stencil,
         fold_half_slices,
+        fourier_volume,
+        fourier_volume_adjoint,
         grid_size,
         scatter_half_slices,
-        scatter_normal_stencil,
         slice_fourier_volume,
         slice_layout,
-        stencil_row_sums,
     )
+    from cryoscope.reconstruction.cells import CellSums, apply_normal_stencil, stencil_row_sums
 
-    n = 12
-    R = random_rotations(5)
-    size, layout = grid_size(n, 2.0), slice_layout(n, 0.5)
-    grid = torch.zeros(size, size, size, dtype=torch.complex128)
-    grid[1 : size - 2, 1 : size - 2, 1 : size - 2] = torch.randn(size - 3, size - 3, size - 3, dtype=torch.complex128)
-    w = fold_half_slices(torch.rand(5, n, n, dtype=D).to(torch.complex128), layout).real
-    samples = slice_fourier_volume(grid, R, n).reshape(5, -1)[:, layout.computed]
+    R = random_rotations(6)
+    size, layout = grid_size(n, 2.0), slice_layout(n, 0.45)
+    grid = fourier_volume(torch.randn(n, n, n, dtype=D))
+    w = fold_half_slices(torch.rand(6, n, n, dtype=D).to(torch.complex128), layout).real
+    y = torch.randn(6, layout.freqs.shape[0], dtype=torch.complex128)
+    samples = slice_fourier_volume(grid, R, n).reshape(6, -1)[:, layout.computed]
     explicit = torch.zeros(size**3, dtype=torch.complex128)
     scatter_half_slices([(samples * w, explicit)], R, layout, size)
-    stencil = torch.zeros(14 * size**3, dtype=D)
-    scatter_normal_stencil(w, R, layout, size, stencil)
-    stencil = stencil.view(14, size, size, size)
-    inner = (slice(1, size - 1),) * 3
-    assert torch.allclose(apply_normal_stencil(stencil, grid)[inner], explicit.view(size, size, size)[inner], atol=1e-12)
-    spread = torch.zeros(size**3, dtype=D)
-    scatter_half_slices([(w, spread)], R, layout, size)
-    assert torch.allclose(stencil_row_sums(stencil)[inner], spread.view(size, size, size)[inner], atol=1e-12)
+    back = torch.zeros(size**3, dtype=torch.complex128)
+    scatter_half_slices([(y, back)], R, layout, size)
+    cells = CellSums(n, size, 0.45, 2, torch.device("cpu"), D)
+    cells.add(y, w, R, layout, torch.tensor([1, 1, 1, 1, 1, 1]))
+    assert cells.rows.view(2, -1, cells.rows.shape[-1])[0].abs().max() == 0
+    stencil = cells.stencil(1)
+    as_map = lambda g: fourier_volume_adjoint(g.view(size, size, size), n)
+    want = as_map(explicit)
+    assert (as_map(apply_normal_stencil(stencil, grid)) - want).abs().max() < 1e-12 * want.abs().max()
+    want = as_map(back)
+    assert (as_map(cells.numerator(1)) - want).abs().max() < 1e-12 * want.abs().max()
+    spread = torch.zeros(size**3, dtype=torch.complex128)
+    scatter_half_slices([(w.to(torch.complex128), spread)], R, layout, size)
+    want = as_map(spread)
+    assert (as_map(stencil_row_sums(stencil).to(torch.complex128)) - want).abs().max() < 1e-12 * want.abs().max()
 
 
 @pytest.mark.parametrize("n,cutoff,kernel", [(16, None, "kb4"), (17, 0.45, "kb3"), (16, 0.3, "kb5")])

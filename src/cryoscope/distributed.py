@@ -3,7 +3,7 @@
 Works under `torchrun --nproc_per_node=K` (one process per GPU, NCCL; or CPU processes, Gloo). With a
 world size of 1 there is no process group and every collective is a no-op, so the same code runs
 single-process. The likelihood engines shard particle indices with `shard_indices`, accumulate their
-sums (reconstruction grids `DirectReconstructor.num/.stencil/.count`, noise power sums, ...) locally,
+sums (reconstruction grids `DirectReconstructor.sums.rows/.count`, noise power sums, ...) locally,
 then call `all_reduce_sum_` so every rank holds the totals, and `gather_rows` for per-particle results.
 """
 

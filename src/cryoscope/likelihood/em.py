@@ -298,7 +298,7 @@ class _Accumulator:
         """Every sum, for an all-reduce across processes."""
         out = [self.noise, self.class_weight]
         for rec in self.recs:
-            out += [rec.num, rec.stencil, rec.count]
+            out += [rec.sums.rows, rec.count]
         return out
 
 

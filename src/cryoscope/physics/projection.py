@@ -235,15 +235,26 @@ def slice_layout(box: int, cutoff: float | None = None, device: torch.device | s
     return SliceLayout(box, freqs.to(dev), computed.to(dev), mirrored.to(dev), source.to(dev), gather.to(dev))
 
 
-def _corners(rotations: torch.Tensor, freqs: torch.Tensor, size: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trilinear corners of the samples scale * A^T k in a bordered grid [size]^3.
+def grid_centre(size: int) -> int:
+    """Index of frequency 0 along each axis of a bordered trilinear grid [size]^3."""
+    return (size - _LOW - _HIGH) // 2 + _LOW
+
+
+def slice_coordinates(rotations: torch.Tensor, freqs: torch.Tensor, size: int, box: int) -> torch.Tensor:
+    """Grid coordinates [3, n, P] (x, y, z; unclamped) of the slice samples M/N * A^T k in a bordered
+    trilinear grid [size]^3. rotations [n, 3, 3], freqs [P, 3] (cycles per box of edge `box`)."""
+    scale = (size - _LOW - _HIGH) / box
+    # (A^T k)_j = sum_i A_ij k_i
+    return torch.einsum("nij,pi->jnp", rotations, freqs.to(rotations.dtype)) * scale + grid_centre(size)
+
+
+def _corners(rotations: torch.Tensor, freqs: torch.Tensor, size: int, box: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear corners of the slice samples (`slice_coordinates`) in a bordered grid [size]^3.
 
     rotations [n, 3, 3], freqs [P, 3] -> flat indices of the lower corner [n, P] (int64) and
     fractional offsets [3, n, P] (x, y, z). Coordinate-major layout keeps every op contiguous.
     """
-    m = size - _LOW - _HIGH
-    # (A^T k)_j = sum_i A_ij k_i
-    coords = torch.einsum("nij,pi->jnp", rotations, freqs.to(rotations.dtype)) * scale + (m // 2 + _LOW)
+    coords = slice_coordinates(rotations, freqs, size, box)
     coords = coords.clamp(0, size - 2)
     base = coords.detach().floor()
     b = base.long()
@@ -325,7 +336,7 @@ def sample_fourier_volume(fvol: torch.Tensor, rotations: torch.Tensor, freqs: to
     """Trilinear samples [n, P] (complex) of a (trilinear) `fourier_volume` at A^T k for rotations [n, 3, 3] and
     frequencies k [P, 3] (x, y, z) in cycles per N box: central sections at any in-plane points (k_z = 0)."""
     size = fvol.shape[-1]
-    flat, t = _corners(rotations, freqs, size, (size - _LOW - _HIGH) / box)
+    flat, t = _corners(rotations, freqs, size, box)
     g = fvol.reshape(-1).index_select(0, (flat + _offsets(size, fvol.device)).reshape(-1))  # corners x fastest
     g = torch.view_as_real(g).view(8, *flat.shape, 2)
     t = t[..., None].to(g.dtype)
@@ -380,10 +391,9 @@ def scatter_half_slices(
             for values, out in targets:
                 out.index_add_(0, idx, (w * values[part]).reshape(-1).to(out.dtype))
         return
-    scale = (size - _LOW - _HIGH) / layout.box
     offs = _offsets(size, rotations.device)
     for part in _chunks(rotations.shape[0], layout.freqs.shape[0]):
-        flat, t = _corners(rotations[part], layout.freqs, size, scale)
+        flat, t = _corners(rotations[part], layout.freqs, size, layout.box)
         if grid_index is not None:
             flat = flat + grid_index[part, None].long() * size**3
         wx = torch.stack([1 - t[0], t[0]])  # [2, n, P]
@@ -393,93 +403,6 @@ def scatter_half_slices(
         idx = (flat + offs).reshape(-1)
         for values, out in targets:
             out.index_add_(0, idx, (w * values[part]).reshape(-1).to(out.dtype))
-
-
-# Couplings of the normal operator Interp* W Interp on the grid: offsets (dz, dy, dx) of the 14 stored
-# neighbour pairs (0 and the 13 lexicographically positive offsets; the other 13 follow by symmetry).
-STENCIL_OFFSETS = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) >= (0, 0, 0)]
-
-
-@functools.lru_cache(maxsize=8)
-def _corner_pairs(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The 36 unordered pairs (a, b) of the 8 trilinear corners: first corners [36], second [36], and
-    flat index offset [36, 1, 1] of (stored offset slot) * size^3 + offset of the base corner."""
-    bits = [((c >> 2) & 1, (c >> 1) & 1, c & 1) for c in range(8)]  # (z, y, x) of corner c = 4z + 2y + x
-    first, second, flat = [], [], []
-    for a in range(8):
-        for b in range(a, 8):
-            d = tuple(bits[b][j] - bits[a][j] for j in range(3))
-            base, delta = (a, d) if d >= (0, 0, 0) else (b, tuple(-x for x in d))
-            z, y, x = bits[base]
-            first.append(a)
-            second.append(b)
-            flat.append(STENCIL_OFFSETS.index(delta) * size**3 + (z * size + y) * size + x)
-    t = lambda v: torch.tensor(v, device=device)
-    return t(first), t(second), t(flat)[:, None, None]
-
-
-def scatter_normal_stencil(
-    weights: torch.Tensor,
-    rotations: torch.Tensor,
-    layout: SliceLayout,
-    size: int,
-    out: torch.Tensor,
-    grid_index: torch.Tensor | None = None,
-) -> None:
-    """Accumulate the grid normal operator Interp* diag(weights) Interp of half-slice samples, in place.
-
-    weights [n, P] real (e.g. folded CTF²); out [K * 14 * size^3] real holds, per grid, 14 coupling
-    grids T_d (d in `STENCIL_OFFSETS`) with T_d[g] = sum over samples of weight * w_g * w_{g+d}
-    (w: the trilinear weights of `slice_fourier_volume`). `grid_index` [n] picks one of K grids.
-    """
-    scale = (size - _LOW - _HIGH) / layout.box
-    first, second, flat_pair = _corner_pairs(size, rotations.device)
-    step = max(1, (_CHUNK_CORNERS // 4) // max(1, 36 * layout.freqs.shape[0]))
-    for start in range(0, rotations.shape[0], step):
-        part = slice(start, min(rotations.shape[0], start + step))
-        flat, t = _corners(rotations[part], layout.freqs, size, scale)
-        if grid_index is not None:
-            flat = flat + grid_index[part, None].long() * (14 * size**3)
-        wx = torch.stack([1 - t[0], t[0]])
-        wy = torch.stack([1 - t[1], t[1]])
-        wz = torch.stack([1 - t[2], t[2]])
-        w = ((wz[:, None, None] * wy[None, :, None]) * wx[None, None, :]).reshape(8, *flat.shape)
-        vals = w[first] * w[second] * weights[part].to(w.dtype)
-        out.index_add_(0, (flat + flat_pair).reshape(-1), vals.reshape(-1).to(out.dtype))
-
-
-def apply_normal_stencil(stencil: torch.Tensor, grid: torch.Tensor, extra_diagonal: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply the symmetric 27-point grid operator stored by `scatter_normal_stencil`.
-
-    stencil [14, S, S, S] real, grid [S, S, S] complex (zero on the outer layer) -> [S, S, S] complex,
-    exact on the inner (S - 2)^3 voxels, zero on the outer layer. `extra_diagonal` [S, S, S] is added
-    to the coupling of each voxel with itself (e.g. a Wiener term).
-    """
-    s = grid.shape[-1]
-    g = torch.view_as_real(grid)
-    out = torch.zeros_like(g)
-    inner = (slice(1, s - 1),) * 3
-    diag = stencil[0] if extra_diagonal is None else stencil[0] + extra_diagonal
-    acc = out[inner]
-    acc.copy_(diag[inner][..., None] * g[inner])
-    for j, (dz, dy, dx) in enumerate(STENCIL_OFFSETS[1:], 1):
-        fwd = (slice(1 + dz, s - 1 + dz), slice(1 + dy, s - 1 + dy), slice(1 + dx, s - 1 + dx))
-        bwd = (slice(1 - dz, s - 1 - dz), slice(1 - dy, s - 1 - dy), slice(1 - dx, s - 1 - dx))
-        acc.addcmul_(stencil[j][inner][..., None], g[fwd])
-        acc.addcmul_(stencil[j][bwd][..., None], g[bwd])
-    return torch.view_as_complex(out)
-
-
-def stencil_row_sums(stencil: torch.Tensor) -> torch.Tensor:
-    """Row sums [S, S, S] of the stencil operator: the trilinear-spread weight of every voxel (outer layer 0)."""
-    s = stencil.shape[-1]
-    out = torch.zeros_like(stencil[0])
-    inner = (slice(1, s - 1),) * 3
-    out[inner] = stencil[0][inner]
-    for j, (dz, dy, dx) in enumerate(STENCIL_OFFSETS[1:], 1):
-        bwd = (slice(1 - dz, s - 1 - dz), slice(1 - dy, s - 1 - dy), slice(1 - dx, s - 1 - dx))
-        out[inner] += stencil[j][inner] + stencil[j][bwd]
-    return out
 
 
 def backproject_fourier(
@@ -567,9 +490,7 @@ def _check_rotations(rotations: torch.Tensor) -> None:
 
 
 __all__ = [
-    "STENCIL_OFFSETS",
     "SliceLayout",
-    "apply_normal_stencil",
     "backproject",
     "backproject_fourier",
     "expand_half_slices",
@@ -578,14 +499,14 @@ __all__ = [
     "fourier_volume_adjoint",
     "grid_interior",
     "grid_size",
+    "grid_centre",
     "gridding_correction",
     "padded_size",
     "project",
     "project_real_space",
     "sample_fourier_volume",
     "scatter_half_slices",
-    "scatter_normal_stencil",
+    "slice_coordinates",
     "slice_fourier_volume",
     "slice_layout",
-    "stencil_row_sums",
 ]

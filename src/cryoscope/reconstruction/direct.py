@@ -1,20 +1,22 @@
 """CTF-weighted direct Fourier inversion (RELION-style data accumulation), streaming, with half-sets at once.
 
-For every particle the phase-corrected, CTF-multiplied transform CTF · T_o F is scattered into a
+For every particle the phase-corrected, CTF-multiplied transform CTF · T_o F is inserted into a
 padded 3-D Fourier grid with the transpose of the projector's trilinear interpolation (RELION's
 data array). Instead of RELION's weight array (CTF² spread with the same kernel), each half-set
-keeps the exact grid normal operator Interp* CTF² Interp as a 27-point stencil (14 stored coupling
-grids), also accumulated in the one streaming pass. `volume()` then solves the regularised normal
-equations (P* C² P + R) v = P* C T_o^* y for the map by preconditioned conjugate gradients on grids
-alone, without touching the data again: the same least-squares problem as
-`cryoscope.reconstruction.iterative.reconstruct_cg`, for the price of one backprojection.
+keeps the exact grid normal operator Interp* CTF² Interp, as per-cell moments (`cells.CellSums`,
+one row per trilinear cell) that become a 27-point stencil (14 coupling grids) when a map is
+asked for. `volume()` then solves the regularised normal equations (P* C² P + R) v = P* C T_o^* y
+for the map by preconditioned conjugate gradients on grids alone, without touching the data again:
+the same least-squares problem as `cryoscope.reconstruction.iterative.reconstruct_cg`, for the
+price of one backprojection.
 
 Why not num / weight: the slice samples are spaced 1/N but the padded grid 1/(2N), so the trilinear
 weight is not a sampling density; the ratio lost ~21 % of the map's total density and had ~4 %
 error on noiseless data. The preconditioner of the solver is exactly that ratio (as a Fourier filter).
 
-Memory per half-set: 8 bytes (numerator) + 56 bytes (stencil) per grid voxel, (2N + 3)^3 voxels in
-float32: ~1.1 GB at N = 128 (both half-sets), independent of the number of particles.
+Memory per half-set: ~45 bytes per voxel of the (2N + 3)^3 grid in float32 (`cells`), independent
+of the number of particles: ~0.8 GB at N = 128; `volume()` adds the stencil of one half-set
+(56 bytes per voxel) while it runs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from cryoscope.errors import InvalidValueError
 from cryoscope.particles import ParticleBatch
 from cryoscope.physics.fourier import centered_coords, fft3c, ifft3c
 from cryoscope.physics.projection import (
-    apply_normal_stencil,
     fold_half_slices,
     fourier_volume,
     fourier_volume_adjoint,
@@ -35,13 +36,10 @@ from cryoscope.physics.projection import (
     grid_size,
     gridding_correction,
     padded_size,
-    scatter_half_slices,
-    scatter_normal_stencil,
     slice_layout,
-    stencil_row_sums,
 )
+from cryoscope.reconstruction.cells import CellSums, apply_normal_stencil, stencil_row_sums
 
-_N_COUPLINGS = 14
 _DEFAULT_TIKHONOV = 5e-3
 
 
@@ -66,16 +64,15 @@ class DirectReconstructor:
         self.dtype = dtype
         self.device = torch.device(device)
         self.layout = slice_layout(box, cutoff, self.device)
-        complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-        self.num = torch.zeros(n_halves * self.size**3, dtype=complex_dtype, device=self.device)
-        self.stencil = torch.zeros(n_halves * _N_COUPLINGS * self.size**3, dtype=dtype, device=self.device)
+        self.sums = CellSums(box, self.size, cutoff, n_halves, self.device, dtype)
         self.count = torch.zeros(n_halves, dtype=torch.long)
 
     def add(self, batch: ParticleBatch) -> None:
         """Scatter one batch (its `half` ids choose the grid; all to grid 0 when None)."""
         if batch.images.shape[-1] != self.box:
             raise InvalidValueError(f"particle box {batch.images.shape[-1]} differs from reconstruction box {self.box}")
-        F = batch.corrected_transforms(self.dtype).to(self.device, self.num.dtype)
+        complex_dtype = torch.complex64 if self.dtype == torch.float32 else torch.complex128
+        F = batch.corrected_transforms(self.dtype).to(self.device, complex_dtype)
         if batch.ctf is None:
             ctf2 = torch.ones(F.shape, dtype=self.dtype, device=self.device)
         else:
@@ -89,8 +86,7 @@ class DirectReconstructor:
         else:
             self.count[0] += F.shape[0]
         rot = batch.rotations.to(self.device, self.dtype)
-        scatter_half_slices([(fold_half_slices(F, self.layout), self.num)], rot, self.layout, self.size, half)
-        scatter_normal_stencil(fold_half_slices(ctf2, self.layout), rot, self.layout, self.size, self.stencil, half)
+        self.sums.add(fold_half_slices(F, self.layout), fold_half_slices(ctf2, self.layout), rot, self.layout, half)
 
     def add_all(self, batches: Iterable[ParticleBatch]) -> "DirectReconstructor":
         """Stream an iterable of batches; returns self."""
@@ -100,10 +96,7 @@ class DirectReconstructor:
 
     def _grids(self, half: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Bordered numerator [S, S, S] and stencil [14, S, S, S] of one half-set (None: all summed)."""
-        s = self.size
-        num = self.num.view(self.n_halves, s, s, s)
-        st = self.stencil.view(self.n_halves, _N_COUPLINGS, s, s, s)
-        return (num.sum(0), st.sum(0)) if half is None else (num[half], st[half])
+        return self.sums.numerator(half), self.sums.stencil(half)
 
     def fourier_grids(self, half: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hermitian-completed numerator (complex) and trilinear-spread CTF² weights (real), each [M, M, M] centred.
@@ -133,7 +126,7 @@ class DirectReconstructor:
         m = weight.shape[-1]
         shell = self._shells(m)
         if reg is None:
-            reg = _DEFAULT_TIKHONOV * self.shell_weights(half).clamp_min(1e-12 * float(weight.max().clamp_min(1e-30)))
+            reg = _DEFAULT_TIKHONOV * self._shell_means(weight).clamp_min(1e-12 * float(weight.max().clamp_min(1e-30)))
         if isinstance(reg, torch.Tensor) and reg.dim() == 1:
             reg_grid = reg.to(weight)[shell.clamp(max=reg.numel() - 1)]
         else:
@@ -184,7 +177,10 @@ class DirectReconstructor:
 
     def shell_weights(self, half: int | None = None) -> torch.Tensor:
         """Mean CTF² weight per shell [N // 2 + 1] (shell i at i / N cycles/pixel), for `reg_from_fsc`."""
-        _, wt = self.fourier_grids(half)
+        return self._shell_means(self.fourier_grids(half)[1])
+
+    def _shell_means(self, wt: torch.Tensor) -> torch.Tensor:
+        """Mean per shell [N // 2 + 1] of a centred [M, M, M] grid."""
         shell = self._shells(wt.shape[-1]).reshape(-1)
         n = self.box // 2 + 1
         keep = shell < n
