@@ -1,7 +1,7 @@
-"""Merge benchmarks/out/peers.json and benchmarks/out/ours.json into a markdown table (benchmarks/RESULTS.md).
+"""Merge benchmarks/out/peers.json and benchmarks/out/ours.json into markdown tables (benchmarks/out/compare.md; RESULTS.md is kept by hand).
 
 Usage: python benchmarks/compare.py [--peers out/peers*.json ...] [--ours out/ours*.json ...] [--oracle out/oracle.json]
-                                    [--ours-oracle out/ours_oracle.json ...] [--out RESULTS.md]
+                                    [--ours-oracle out/ours_oracle.json ...] [--out out/compare.md]
 Several --peers / --ours files (repeated runs, peers and ours back to back) are merged by keeping each
 measurement's fastest run. Sections: the peers' own numbers; ratios and accuracy against cryoscope; the
 ASPIRE oracle and, with --ours-oracle, cryoscope on the same data shell by shell.
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--ours", type=Path, nargs="+", default=[HERE / "out" / "ours.json"])
     parser.add_argument("--ours-oracle", type=Path, nargs="*", default=[], help="ours_oracle.py --out (one per solver)")
     parser.add_argument("--oracle", type=Path, default=HERE / "out" / "oracle.json", help="aspire_oracle.py --out")
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "compare.md")
     args = parser.parse_args()
     text = "# Benchmarks: cryoscope vs peers (CPU)\n\n## Peers\n\n" + peer_table(args.peers)
     if all(p.exists() for p in args.ours):

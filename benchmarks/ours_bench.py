@@ -1,8 +1,8 @@
 """cryoscope's projection / backprojection throughput, the same operations as peers_bench.py.
 
 Run with the project venv, by hand, not in CI:
-  /tmp/tv/bin/python benchmarks/ours_bench.py [--threads 2] [--boxes 64 128 256] [--out benchmarks/out/ours.json]
-Then `python benchmarks/compare.py` writes benchmarks/RESULTS.md.
+  .venv/bin/python benchmarks/ours_bench.py [--threads 2] [--boxes 64 128 256] [--out benchmarks/out/ours.json]
+Then `python benchmarks/compare.py` writes the tables to benchmarks/out/compare.md, to copy into RESULTS.md.
 
 Operations (random rotations, box N, the same smooth map as peers_bench.py, float32, CPU):
   project      physics.projection.project (pad x2, FFT of the map, trilinear slice, inverse FFT) per call.

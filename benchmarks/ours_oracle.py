@@ -1,7 +1,7 @@
 """cryoscope's known-pose reconstruction on the same STAR + truth as aspire_oracle.py, the same FSC code.
 
 Run with the project venv, by hand:
-  /tmp/tv/bin/python benchmarks/ours_oracle.py particles.star truth.mrc [--solver direct|cg] [--out ours_oracle.json]
+  .venv/bin/python benchmarks/ours_oracle.py particles.star truth.mrc [--solver direct|cg] [--out ours_oracle.json]
 
 Times reading the STAR file plus `workflows.reconstruct.reconstruct_known_poses` (two random half-sets,
 FSC-weighted average; the truth is used only for the FSC afterwards), then computes the FSC of the final
