@@ -129,16 +129,23 @@ class CellSums:
             out.index_add_(0, self.cells + _corner_offset(e, s), torch.complex(rows[2 * e], rows[2 * e + 1]))
         return out.view(s, s, s)
 
+    @property
+    def slab_start(self) -> int:
+        """First z index of `stencil`'s slab: one zero layer below the folded half (z >= centre)."""
+        return grid_centre(self.size) - 1
+
     def stencil(self, grid: int | None = None) -> torch.Tensor:
-        """The 14 coupling grids [14, S, S, S] of Interp* diag(weights) Interp (see `apply_normal_stencil`):
-        T_d[g] = sum over samples of weight * w_g * w_{g+d}."""
+        """The 14 coupling grids of Interp* diag(weights) Interp (see `apply_normal_stencil`),
+        T_d[g] = sum over samples of weight * w_g * w_{g+d}, on the slab z >= `slab_start` that holds them
+        all: [14, S - slab_start, S, S]."""
         rows = self._grid_rows(grid)
-        s = self.size
-        out = torch.zeros(len(STENCIL_OFFSETS), s**3, dtype=rows.dtype, device=rows.device)
+        s, z0 = self.size, self.slab_start
+        out = torch.zeros(len(STENCIL_OFFSETS), (s - z0) * s * s, dtype=rows.dtype, device=rows.device)
+        cells = self.cells - z0 * s * s
         for j, terms in enumerate(_TERMS):
             for e, channel in terms:
-                out[j].index_add_(0, self.cells + _corner_offset(e, s), rows[_NUMERATOR + channel])
-        return out.view(len(STENCIL_OFFSETS), s, s, s)
+                out[j].index_add_(0, cells + _corner_offset(e, s), rows[_NUMERATOR + channel])
+        return out.view(len(STENCIL_OFFSETS), s - z0, s, s)
 
 
 def _corner_offset(e: int, size: int) -> int:
@@ -146,37 +153,38 @@ def _corner_offset(e: int, size: int) -> int:
     return ((e >> 2) * size + ((e >> 1) & 1)) * size + (e & 1)
 
 
+def _shifted(shape: torch.Size, d: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """Inner region of a grid of `shape` (outer layer excluded) moved by offset d."""
+    return tuple(slice(1 + o, n - 1 + o) for n, o in zip(shape, d))
+
+
 def apply_normal_stencil(stencil: torch.Tensor, grid: torch.Tensor, extra_diagonal: torch.Tensor | None = None) -> torch.Tensor:
     """Apply the symmetric 27-point grid operator given by `CellSums.stencil`.
 
-    stencil [14, S, S, S] real, grid [S, S, S] complex (zero on the outer layer) -> [S, S, S] complex,
-    exact on the inner (S - 2)^3 voxels, zero on the outer layer. `extra_diagonal` [S, S, S] is added
-    to the coupling of each voxel with itself (e.g. a Wiener term).
+    stencil [14, Z, Y, X] real, grid [Z, Y, X] complex (zero on the outer layer) -> [Z, Y, X] complex,
+    exact on the inner voxels, zero on the outer layer. `extra_diagonal` [Z, Y, X] is added to the
+    coupling of each voxel with itself (e.g. a Wiener term).
     """
-    s = grid.shape[-1]
     g = torch.view_as_real(grid)
     out = torch.zeros_like(g)
-    inner = (slice(1, s - 1),) * 3
+    inner = _shifted(grid.shape, (0, 0, 0))
     diag = stencil[0] if extra_diagonal is None else stencil[0] + extra_diagonal
     acc = out[inner]
     acc.copy_(diag[inner][..., None] * g[inner])
-    for j, (dz, dy, dx) in enumerate(STENCIL_OFFSETS[1:], 1):
-        fwd = (slice(1 + dz, s - 1 + dz), slice(1 + dy, s - 1 + dy), slice(1 + dx, s - 1 + dx))
-        bwd = (slice(1 - dz, s - 1 - dz), slice(1 - dy, s - 1 - dy), slice(1 - dx, s - 1 - dx))
+    for j, d in enumerate(STENCIL_OFFSETS[1:], 1):
+        fwd, bwd = _shifted(grid.shape, d), _shifted(grid.shape, tuple(-o for o in d))
         acc.addcmul_(stencil[j][inner][..., None], g[fwd])
         acc.addcmul_(stencil[j][bwd][..., None], g[bwd])
     return torch.view_as_complex(out)
 
 
 def stencil_row_sums(stencil: torch.Tensor) -> torch.Tensor:
-    """Row sums [S, S, S] of the stencil operator: the trilinear-spread weight of every voxel (outer layer 0)."""
-    s = stencil.shape[-1]
+    """Row sums [Z, Y, X] of the stencil operator: the trilinear-spread weight of every voxel (outer layer 0)."""
     out = torch.zeros_like(stencil[0])
-    inner = (slice(1, s - 1),) * 3
+    inner = _shifted(out.shape, (0, 0, 0))
     out[inner] = stencil[0][inner]
-    for j, (dz, dy, dx) in enumerate(STENCIL_OFFSETS[1:], 1):
-        bwd = (slice(1 - dz, s - 1 - dz), slice(1 - dy, s - 1 - dy), slice(1 - dx, s - 1 - dx))
-        out[inner] += stencil[j][inner] + stencil[j][bwd]
+    for j, d in enumerate(STENCIL_OFFSETS[1:], 1):
+        out[inner] += stencil[j][inner] + stencil[j][_shifted(out.shape, tuple(-o for o in d))]
     return out
 
 

@@ -94,17 +94,21 @@ class DirectReconstructor:
             self.add(batch)
         return self
 
-    def _grids(self, half: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bordered numerator [S, S, S] and stencil [14, S, S, S] of one half-set (None: all summed)."""
-        return self.sums.numerator(half), self.sums.stencil(half)
+    def _grids(self, half: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bordered numerator [S, S, S], stencil slab [14, S - z0, S, S] (`CellSums.stencil`) and spread weights
+        [S, S, S] of one half-set (None: all summed)."""
+        st = self.sums.stencil(half)
+        weight = torch.zeros((self.size,) * 3, dtype=st.dtype, device=st.device)
+        weight[self.sums.slab_start :] = stencil_row_sums(st)
+        return self.sums.numerator(half), st, weight
 
     def fourier_grids(self, half: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hermitian-completed numerator (complex) and trilinear-spread CTF² weights (real), each [M, M, M] centred.
 
         `half` selects one half-set; None sums all.
         """
-        num, st = self._grids(half)
-        return _hermitian_sum(grid_interior(num)), _hermitian_sum(grid_interior(stencil_row_sums(st)))
+        num, _, weight = self._grids(half)
+        return _hermitian_sum(grid_interior(num)), _hermitian_sum(grid_interior(weight))
 
     def volume(
         self,
@@ -121,8 +125,8 @@ class DirectReconstructor:
         None uses `_DEFAULT_TIKHONOV` x the mean weight of each shell (a light Tikhonov term that tames
         sparse views and biases every shell by the same ~0.5 %). Frequencies beyond the cutoff are removed.
         """
-        num, st = self._grids(half)
-        weight = _hermitian_sum(grid_interior(stencil_row_sums(st)))  # [M, M, M], full (both Hermitian halves)
+        num, st, weight = self._grids(half)
+        weight = _hermitian_sum(grid_interior(weight))  # [M, M, M], full (both Hermitian halves)
         m = weight.shape[-1]
         shell = self._shells(m)
         if reg is None:
@@ -131,13 +135,19 @@ class DirectReconstructor:
             reg_grid = reg.to(weight)[shell.clamp(max=reg.numel() - 1)]
         else:
             reg_grid = torch.full_like(weight, float(reg))
-        # The stencil holds the half-slice samples; the real part in `fourier_volume_adjoint` symmetrises,
-        # so the Hermitian-completed operator is 2 x (stencil + reg / 2).
-        extra = torch.nn.functional.pad(reg_grid / 2, (1, 2) * 3)
+        # The stencil holds the half-slice samples folded to z >= centre; the real part in
+        # `fourier_volume_adjoint` symmetrises, so on that slab the operator is stencil + reg, with reg / 2 on
+        # the plane z = centre, whose Hermitian partners lie in the same plane.
+        z0 = self.sums.slab_start
+        extra = torch.nn.functional.pad(reg_grid, (1, 2) * 3)[z0:]
+        extra[1] /= 2
         box, os = self.box, self.oversample
 
         def normal(v: torch.Tensor) -> torch.Tensor:
-            return fourier_volume_adjoint(apply_normal_stencil(st, fourier_volume(v, os), extra), box)
+            fv = fourier_volume(v, os)
+            fv[z0:] = apply_normal_stencil(st, fv[z0:], extra)
+            fv[:z0] = 0
+            return fourier_volume_adjoint(fv, box)
 
         b = fourier_volume_adjoint(num, box)
         # Preconditioner: a Fourier filter on the padded box dividing by the symbol of the cropped operator,
