@@ -223,3 +223,25 @@ def test_class_pose_errors_use_one_gauge_per_class():
     pooled, _ = truth_metrics(maps, None, est, true_R, 1.0)
     assert per_class["pose_error_median_deg"] < 1e-3 and per_class["class002_pose_error_median_deg"] < 1e-3
     assert per_class["pose_error_mean_deg"] < 1e-3 and pooled["pose_error_mean_deg"] > 10.0  # one gauge fits one class only
+
+
+def test_global_iterations_correct_a_misjudged_origin():
+    """A global iteration searches the whole ±max_shift square as well as the neighbourhood of the previous origin,
+    so a particle whose origin was misjudged by ~3 px (beyond any local shift range) gets it back, with its pose."""
+    from cryoscope.likelihood.em import _score, _search_grids
+    from cryoscope.likelihood.scoring import best_poses
+    from cryoscope.physics.projection import fourier_volume
+
+    truth = blob_map(BOX, 0, 16, torch.float32)
+    particles, R, origins, _ = simulate([truth], 8, 50.0, seed=3)
+    s = EMSettings(healpix_order=1, max_shift=2.0, shift_step=1.0)
+    wrong = origins - 3.0 * torch.sign(origins)  # off by 3 px on each axis, on the other side of the centre
+    build, _, _, n_shift, inplane = _search_grids(1, R.float(), wrong, s, torch.device("cpu"), False)
+    idx = torch.arange(8)
+    Y, C = particles.load(idx)
+    R_grid, t_grid = build(idx)
+    sigma2 = torch.ones(BOX // 2 + 1)
+    est = best_poses(_score(fourier_volume(truth), Y, C, R_grid, t_grid, sigma2, 0.3, inplane), R_grid, t_grid)
+    assert n_shift == t_grid.shape[1]
+    assert float((est.shifts - origins).abs().max()) <= 0.75
+    assert float(pose_error(est.rotations, R, align=False).max()) < 20.0

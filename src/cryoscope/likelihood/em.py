@@ -22,7 +22,10 @@ K half-h maps, their poses backprojected only into half-h grids):
 Grids, coarse to fine: iteration j searches the global HEALPix grid of order `healpix_order` + j (step
 60 / 2**(order + j) degrees; restricted to one asymmetric unit of directions under symmetry; in-plane angles
 scored by polar resampling and FFT, `likelihood.inplane`) while that step is at least `global_min_step_deg`,
-with the square shift grid at iteration 0 and a local shift grid after, unless prior poses are given; later
+with the square shift grid (±`max_shift` at `shift_step` around the box centre) at iteration 0, and after
+it that square plus a fine local shift grid around each particle's previous origin (an origin misjudged at
+low resolution is otherwise never corrected: on 10,000 ribosome particles at SNR 0.05, 98.8 % of the 7.7 %
+of particles that ended > 30° off had origins > 1.5 px off), unless prior poses are given; later
 iterations (or every iteration, from prior poses) search a local grid of
 step step_0 / 2**j (at least `min_angular_step_deg`) within `local_range_steps` steps around each particle's
 previous best rotation (of its best class), and shifts of step shift_step / 2**j (at least `min_shift_step`)
@@ -213,7 +216,13 @@ def _search_grids(
         if it == 0:
             shifts = shift_grid(s.max_shift, s.shift_step, torch.float32, device)
             return (lambda b: (grid, shifts)), step0, grid.shape[0], shifts.shape[0], (base, n_psi)
-        return (lambda b: (grid, prev_t[b].to(device)[:, None, :] + offsets)), step0 / 2**it, grid.shape[0], offsets.shape[0], (base, n_psi)
+        square = shift_grid(s.max_shift, s.shift_step, torch.float32, device)
+
+        def build_global(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            local = prev_t[b].to(device)[:, None, :] + offsets
+            return grid, torch.cat([local, square.expand(local.shape[0], -1, -1)], 1)
+
+        return build_global, step0 / 2**it, grid.shape[0], offsets.shape[0] + square.shape[0], (base, n_psi)
     step = max(step0 / 2**j, s.min_angular_step_deg)
     K = local_grid(torch.eye(3, dtype=torch.float64)[None], s.local_range_steps * step, step).shape[1]
 
