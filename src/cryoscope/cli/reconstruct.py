@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(256, help="Images per batch."),
         seed: int = typer.Option(0, help="Random seed of the half-set split."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Reconstruct two random half-sets, report the FSC and write the FSC-weighted map."""
         from cryoscope.device import resolve_device
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
         ref = read_map(reference, voxel_size=float(meta.require_pixel_size()[0])).data if reference else None
         result = reconstruct_known_poses(
             meta, stack, seed=seed, solver=solver, use_ctf=use_ctf, batch_size=batch_size,
-            device=resolve_device(device), reference=ref, cg_iterations=cg_iterations,
+            device=resolve_device(device), reference=ref, cg_iterations=cg_iterations, progress=progress,
         )
         protect = (star,) + ((reference,) if reference else ())
         paths = write_reconstruction(result, out, protect)

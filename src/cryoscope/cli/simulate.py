@@ -52,6 +52,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(256, help="Images per batch."),
         seed: int = typer.Option(0, help="Random seed."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Simulate particles from maps, atomic models or a two-model trajectory; write stack, STAR and ground truth."""
         from cryoscope.device import resolve_device
@@ -83,7 +84,8 @@ def register(app: typer.Typer) -> None:
             max_shift=max_shift, poses=poses, fractions=_floats(fractions), latent=latent, mask_radius=mask_radius,
             batch_size=batch_size, seed=seed,
         )
-        result = simulate(maps, config, out, trajectory=bool(trajectory), map_names=names, device=resolve_device(device))
+        result = simulate(maps, config, out, trajectory=bool(trajectory), map_names=names, device=resolve_device(device),
+                          progress=progress)
         typer.echo(
             f"wrote {n_particles} particles to {result.stack} and {result.star}; "
             f"noise std {result.noise_std:.4g}, mask radius {result.mask_radius:.1f} px"
