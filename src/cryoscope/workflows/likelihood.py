@@ -40,11 +40,11 @@ from cryoscope.likelihood.em import (
     from_state_dict,
     state_dict,
 )
-from cryoscope.physics.filters import fourier_resize
+from cryoscope.physics.filters import fourier_resize, soft_mask
 from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
 from cryoscope.simulation.states import fit_box
 from cryoscope.validation.align import fsc_after_alignment
-from cryoscope.validation.fsc import resolution_at
+from cryoscope.validation.fsc import fsc, resolution_at
 
 
 def open_particles(
@@ -182,7 +182,8 @@ def truth_metrics(
     true_rotations: torch.Tensor | None, pixel_size: float, symmetry: str = "C1", classes: torch.Tensor | None = None,
 ) -> tuple[dict, dict]:
     """FSC of each named map against its reference after rigid alignment (rotation, shift, hand; maps paired with
-    references [K, N, N, N] by best mean FSC), and the pose error after gauge alignment (modulo symmetry).
+    references [K, N, N, N] by best mean FSC), unmasked and (`*_truth_masked_fsc_*`) inside a soft sphere of radius
+    0.45 N, which compares maps made in any frame alike, and the pose error after gauge alignment (modulo symmetry).
     classes [n] (best class per particle, K > 1): every class map has its own frame, so each class's particles get
     their own gauge. Returns (metrics, FSC curves)."""
     metrics, curves = {}, {}
@@ -198,9 +199,16 @@ def truth_metrics(
             curve = table[i, j].fsc
             curves[f"{name} vs truth {j + 1}"] = curve
             metrics[f"{name}_truth_index"] = j + 1
+            n = maps[name].shape[-1]
+            # a map made in another frame loses, when rotated onto the truth, any density outside the box's
+            # inscribed sphere; the masked FSC compares only what every frame keeps
+            aligned = table[i, j].aligned
+            masked = fsc(aligned, references[j].to(aligned), soft_mask(n, 0.45 * n, 0.05 * n, 3, dtype=aligned.dtype))
             for thr in (0.5, 0.143):
-                c, a = resolution_at(curve, thr, maps[name].shape[-1], pixel_size)
+                c, a = resolution_at(curve, thr, n, pixel_size)
                 metrics[f"{name}_truth_fsc_{thr}_cycles_per_pixel"], metrics[f"{name}_truth_fsc_{thr}_A"] = c, a
+                c, a = resolution_at(masked, thr, n, pixel_size)
+                metrics[f"{name}_truth_masked_fsc_{thr}_cycles_per_pixel"], metrics[f"{name}_truth_masked_fsc_{thr}_A"] = c, a
     if true_rotations is not None:
         names = list(maps)
         labels = torch.zeros(rotations.shape[0], dtype=torch.long) if classes is None or len(names) == 1 else classes.cpu()
