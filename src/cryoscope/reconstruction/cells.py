@@ -7,8 +7,8 @@ Interp* diag(c) Interp between L + e and L + e'. Per cell this is fully describe
 - the 8 numerator terms sum y w_e (complex), and
 - the 27 moments sum c q_a(t_z) q_b(t_y) q_d(t_x), q = ((1 - t)², t (1 - t), t²),
 since w_e w_e' factors over axes into one of the three q. So every sample adds one contiguous row of
-43 reals to one cell (a single `scatter_add_`), instead of 8 + 36 scattered values to neighbouring
-voxels: ~5x faster on a CPU. `numerator` and `stencil` turn the rows into grids afterwards.
+43 reals to one cell (a single row `index_add_`), instead of 8 + 36 scattered values to neighbouring
+voxels: 3-5x faster on a CPU (benchmarks/RESULTS.md). `numerator` and `stencil` turn the rows into grids afterwards.
 
 Memory: a real map has a Hermitian transform, so a sample at -k is the same equation as its conjugate
 at +k; samples are folded to the upper half (z >= 0), and only cells that samples can reach are
