@@ -12,6 +12,7 @@ import torch
 
 from cryoscope.errors import InputFormatError, InvalidValueError, MissingDataError
 from cryoscope.io.mrc import ParticleStack, read_map, write_map, write_stack
+from cryoscope.io.stack_writer import StackWriter
 
 
 def test_map_round_trip_keeps_data_and_voxel_size(tmp_path):
@@ -86,6 +87,32 @@ def test_stack_indexing_across_files(tmp_path):
         ParticleStack.from_pairs([(tmp_path / "b.mrcs", 3)])
     with pytest.raises(MissingDataError, match="nothere.mrcs not found"):
         ParticleStack.from_pairs([(tmp_path / "nothere.mrcs", 0)])
+
+
+def test_stack_reads_any_frame_order_and_byte_order(tmp_path):
+    imgs = np.random.default_rng(0).normal(size=(7, 5, 5)).astype(">f4")  # big-endian file
+    with mrcfile.new(tmp_path / "be.mrcs") as mrc:
+        mrc.set_data(imgs)
+        mrc.set_extended_header(np.zeros(16, dtype="V8"))  # data no longer at byte 1024
+    s = ParticleStack.open(tmp_path / "be.mrcs")
+    rows = np.array([6, 2, 3, 4, 0, 4, 5])  # runs, repeats, reversals
+    assert np.array_equal(s[rows].numpy(), imgs[rows].astype(np.float32))
+
+
+def test_stack_writer_matches_mrcfile_header_statistics(tmp_path):
+    imgs = torch.randn(9, 6, 6) * 3 + 1
+    with StackWriter(tmp_path / "w.mrcs", 9, 6, 1.25) as w:
+        w.write(4, imgs[4:])
+        w.write(0, imgs[:4])
+    with mrcfile.open(tmp_path / "w.mrcs") as mrc:
+        assert np.array_equal(mrc.data, imgs.numpy()) and mrc.voxel_size.x == pytest.approx(1.25)
+        written = (float(mrc.header.dmin), float(mrc.header.dmax), float(mrc.header.dmean), float(mrc.header.rms))
+    a = imgs.double().numpy()
+    expected = (a.min(), a.max(), a.mean(), a.std())  # what mrcfile's update_header_stats writes
+    assert written == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(InvalidValueError, match="only 4 of 9 images"), StackWriter(tmp_path / "x.mrcs", 9, 6, 1.0) as w:
+        w.write(0, imgs[:4])
+    assert not list(tmp_path.glob("*x.mrcs*"))
 
 
 def test_nan_image_raises_on_read(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ class MrcHeader:
     voxel_size: tuple[float, float, float]
     origin: tuple[float, float, float]
     is_stack: bool
+    data_offset: int = 1024
+    byte_order: str = "<"
 
 
 def _open(path: Path, mmap: bool = False, header_only: bool = False):
@@ -81,6 +84,8 @@ def read_header(path: str | Path) -> MrcHeader:
             voxel_size=(float(vs.x), float(vs.y), float(vs.z)),
             origin=(float(h.origin.x), float(h.origin.y), float(h.origin.z)),
             is_stack=bool(int(h.ispg) == 0 and shape[0] > 1) or path.suffix.lower() == ".mrcs",
+            data_offset=1024 + int(h.nsymbt),
+            byte_order=h.mode.dtype.byteorder.replace("=", "<" if np.little_endian else ">"),
         )
 
 
@@ -153,9 +158,11 @@ def write_stack(
 
 
 class ParticleStack:
-    """Lazy, memory-mapped particle images over one or several MRC/MRCS files.
+    """Lazy particle images over one or several MRC/MRCS files, read on demand with positioned reads.
 
     Indexing by int returns [y, x]; by slice, list, array or tensor returns [n, y, x]; always float32.
+    Only the requested images are read (runs of consecutive frames in one read); no file is mapped into
+    memory, so the resident size stays at the batch whatever the stack size.
     Images are checked for NaN/Inf as they are read (InvalidValueError).
     """
 
@@ -165,8 +172,7 @@ class ParticleStack:
         self._file_index = file_index.astype(np.int64)
         self._frame = frame.astype(np.int64)
         self._source = source
-        self._mmaps: dict[int, np.ndarray] = {}
-        self._handles: list = []
+        self._fds: dict[int, int] = {}
         headers = [read_header(f) for f in files]
         self._headers = headers
         boxes = {(h.shape[1], h.shape[2]) for h in headers}
@@ -234,13 +240,24 @@ class ParticleStack:
                     self._source,
                 )
 
-    def _data(self, fid: int) -> np.ndarray:
-        if fid not in self._mmaps:
-            mrc = _open(self.files[fid], mmap=True)
-            self._handles.append(mrc)
-            data = mrc.data
-            self._mmaps[fid] = data[None] if data.ndim == 2 else data
-        return self._mmaps[fid]
+    def _read_frames(self, fid: int, frames: np.ndarray) -> np.ndarray:
+        """Frames (0-based) of file `fid` as float32 [len(frames), box, box]."""
+        h = self._headers[fid]
+        if fid not in self._fds:
+            self._fds[fid] = os.open(self.files[fid], os.O_RDONLY)
+        dtype = np.dtype(SUPPORTED_MODES[h.mode]).newbyteorder(h.byte_order)
+        frame_bytes = self.box * self.box * dtype.itemsize
+        order = np.argsort(frames, kind="stable")
+        ordered = frames[order]
+        out = np.empty((frames.size, self.box, self.box), np.float32)
+        breaks = np.nonzero(np.diff(ordered) != 1)[0] + 1
+        for run_start, run_stop in zip(np.r_[0, breaks], np.r_[breaks, ordered.size]):
+            first, count = int(ordered[run_start]), int(run_stop - run_start)
+            raw = os.pread(self._fds[fid], count * frame_bytes, h.data_offset + first * frame_bytes)
+            if len(raw) != count * frame_bytes:
+                raise InputFormatError(f"truncated MRC data at image {first + 1}", self.files[fid])
+            out[order[run_start:run_stop]] = np.frombuffer(raw, dtype).reshape(count, self.box, self.box)
+        return out
 
     def __getitem__(self, index) -> torch.Tensor:
         single = isinstance(index, (int, np.integer)) or (torch.is_tensor(index) and index.ndim == 0)
@@ -251,7 +268,7 @@ class ParticleStack:
         fids = self._file_index[rows]
         for fid in np.unique(fids):
             sel = np.nonzero(fids == fid)[0]
-            out[sel] = self._data(int(fid))[self._frame[rows[sel]]]
+            out[sel] = self._read_frames(int(fid), self._frame[rows[sel]])
         images = torch.from_numpy(out)
         if not bool(torch.isfinite(images).all()):
             bad = int(rows[int((~torch.isfinite(images)).flatten(1).any(1).nonzero()[0, 0])])
@@ -260,10 +277,9 @@ class ParticleStack:
         return images[0] if single else images
 
     def close(self) -> None:
-        for h in self._handles:
-            h.close()
-        self._handles.clear()
-        self._mmaps.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __del__(self) -> None:
         self.close()
