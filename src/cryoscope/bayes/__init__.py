@@ -1,0 +1,7 @@
+"""Bayesian pseudo-atomic models: isotropic Gaussian mixtures sampled by Gibbs (Poisson model) and HMC (Gaussian model).
+
+Method: Joubert, "Bayesian inference of initial models in cryo-EM" (thesis; `../shared/seeds`), chapters 2-5
+and appendices A-D. Modules: `draws` (seeded Gamma / Dirichlet draws), `counts` (binning of maps and images),
+`prior`, `assignments` (multinomial assignments and their sufficient statistics), `mixture` (EM and Gibbs for
+binned 3-D data: fitting a map), `projected` (Gibbs for 2-D projections with unknown rotations and shifts).
+"""
