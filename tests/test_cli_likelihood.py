@@ -24,7 +24,7 @@ from cryoscope.io.mrc import read_map, write_map
 from cryoscope.io.star import read_star
 from cryoscope.likelihood.em import EMSettings, expectation_maximization
 from cryoscope.validation.fsc import fsc
-from cryoscope.workflows.likelihood import lowpass
+from cryoscope.physics.filters import lowpass
 
 VOXEL = 4.0
 

@@ -25,7 +25,8 @@ from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.forward import ImageFormation
 from cryoscope.representations.voxel import VoxelMap
 from cryoscope.validation.fsc import fsc
-from cryoscope.workflows.likelihood import lowpass, truth_metrics
+from cryoscope.physics.filters import lowpass
+from cryoscope.workflows.likelihood import truth_metrics
 
 BOX, VOXEL = 24, 4.0
 

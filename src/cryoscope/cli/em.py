@@ -43,9 +43,9 @@ def _command(kind: str):
         from cryoscope.io.mrc import read_map
         from cryoscope.io.star import read_star
         from cryoscope.likelihood.em import EMSettings
+        from cryoscope.physics.filters import lowpass
         from cryoscope.workflows.likelihood import (
             finish_run,
-            lowpass,
             match_map,
             open_particles,
             read_references,

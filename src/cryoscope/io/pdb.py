@@ -213,3 +213,35 @@ def structure_to_map(
     grid = np.array(dc.grid, copy=True)[:box, :box, :box]  # gemmi axes are (x, y, z)
     data = torch.from_numpy(np.ascontiguousarray(grid.transpose(2, 1, 0), dtype=np.float32))
     return Map(data, float(voxel_size), (0.0, 0.0, 0.0))
+
+
+def write_pseudoatoms(path: str | Path, positions: torch.Tensor, weights: torch.Tensor, sigma: float,
+                      protect: tuple[str | Path, ...] = ()) -> None:
+    """Write a Gaussian mixture as a PDB of pseudo-atoms, atomically: one atom per component at `positions`
+    [K, 3] (Å, file frame), occupancy = weight x K (1 for equal weights), B-factor 8 π² σ² (Å²)."""
+    from cryoscope.io.atomic import atomic_path
+
+    pos = positions.detach().double().cpu()
+    w = weights.detach().double().cpu() * pos.shape[0]
+    if pos.dim() != 2 or pos.shape[1] != 3 or w.shape != (pos.shape[0],):
+        raise InvalidValueError(f"pseudo-atoms need positions [K, 3] and weights [K], got {tuple(pos.shape)}, {tuple(w.shape)}", path)
+    if pos.shape[0] > 99999:
+        raise InvalidValueError(f"{pos.shape[0]} pseudo-atoms do not fit a PDB file (at most 99,999)", path)
+    st = gemmi.Structure()
+    model = gemmi.Model("1")
+    chain = gemmi.Chain("A")
+    b = 8 * math.pi**2 * sigma**2
+    for i in range(pos.shape[0]):
+        res = gemmi.Residue()
+        res.name, res.seqid = "GMM", gemmi.SeqId(i + 1, " ")
+        atom = gemmi.Atom()
+        atom.name, atom.element = "C", gemmi.Element("C")
+        atom.pos = gemmi.Position(*pos[i].tolist())
+        atom.occ, atom.b_iso = float(w[i]), b
+        res.add_atom(atom)
+        chain.add_residue(res)
+    model.add_chain(chain)
+    st.add_model(model)
+    st.setup_entities()
+    with atomic_path(path, protect) as tmp:
+        st.write_pdb(str(tmp))

@@ -18,7 +18,7 @@ import math
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.physics.fourier import centered_coords
+from cryoscope.physics.fourier import centered_coords, fft3c, ifft3c, radial_index_3d
 
 # Upper bound on elements of one transient [chunk, L, L] tensor in the distance transform.
 _EDT_CHUNK = 1 << 24
@@ -180,3 +180,18 @@ def threshold_mask(x: torch.Tensor, threshold: float, extend: float = 0.0, soft_
         raise InvalidValueError(f"threshold_mask: no value reaches the threshold {threshold} (max {float(x.max()):.4g})")
     dist = distance_to_mask(binary)
     return _cosine_edge(dist, extend, soft_edge).to(x.dtype)
+
+
+def lowpass(vol: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Sharp low-pass of maps [..., N, N, N] at `cutoff` cycles/pixel (shells round(|k|) <= cutoff N kept)."""
+    n = vol.shape[-1]
+    return ifft3c(fft3c(vol) * (radial_index_3d(n, vol.device) <= cutoff * n)).real.to(vol.dtype)
+
+
+def gaussian_lowpass(vol: torch.Tensor, resolution: float, voxel_size: float) -> torch.Tensor:
+    """Maps [..., N, N, N] blurred to `resolution` Å as Chimera's molmap does: a Gaussian of σ = resolution / (π √2),
+    whose transform exp(-resolution² |k|²) falls to 1/e at |k| = 1 / resolution."""
+    n = vol.shape[-1]
+    k = centered_coords(n, vol.device, torch.float64) / (n * voxel_size)
+    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
+    return ifft3c(fft3c(vol) * torch.exp(-(resolution**2) * k2).to(vol.real.dtype)).real.to(vol.dtype)

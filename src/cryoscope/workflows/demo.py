@@ -28,7 +28,8 @@ from cryoscope.simulation.config import SimulationConfig
 from cryoscope.simulation.dataset import simulate
 from cryoscope.validation.align import fsc_after_alignment
 from cryoscope.validation.fsc import fsc
-from cryoscope.workflows.likelihood import lowpass, run_abinitio, run_em, write_abinitio_outputs, write_em_outputs
+from cryoscope.physics.filters import lowpass
+from cryoscope.workflows.likelihood import run_abinitio, run_em, write_abinitio_outputs, write_em_outputs
 from cryoscope.workflows.reconstruct import (
     reconstruct_known_poses,
     write_reconstruction,

@@ -40,8 +40,7 @@ from cryoscope.likelihood.em import (
     from_state_dict,
     state_dict,
 )
-from cryoscope.physics.filters import fourier_resize, soft_mask
-from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
+from cryoscope.physics.filters import fourier_resize, lowpass, soft_mask
 from cryoscope.simulation.states import fit_box
 from cryoscope.validation.align import fsc_after_alignment
 from cryoscope.validation.fsc import fsc, resolution_at
@@ -64,12 +63,6 @@ def open_particles(
     for lo in range(0, meta.n, batch_size):  # the stack reader refuses NaN/Inf images: find them before any work
         stack[np.arange(lo, min(meta.n, lo + batch_size))]
     return meta, ParticleSource(meta, stack, device, use_ctf)
-
-
-def lowpass(vol: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """Sharp low-pass of maps [..., N, N, N] at `cutoff` cycles/pixel (shells round(|k|) <= cutoff N kept)."""
-    n = vol.shape[-1]
-    return ifft3c(fft3c(vol) * (radial_index_3d(n, vol.device) <= cutoff * n)).real.to(vol.dtype)
 
 
 def match_map(vol: torch.Tensor, voxel_size: float, box: int, pixel_size: float, source: str) -> torch.Tensor:
@@ -316,6 +309,6 @@ def finish_run(out_dir: str | Path, params: dict, metrics: dict, started: float)
 
 
 __all__ = [
-    "finish_run", "lowpass", "match_map", "open_particles", "particle_table", "read_references", "run_abinitio", "run_em", "truth_metrics",
+    "finish_run", "match_map", "open_particles", "particle_table", "read_references", "run_abinitio", "run_em", "truth_metrics",
     "write_abinitio_outputs", "write_em_outputs",
 ]

@@ -1,0 +1,182 @@
+"""Gibbs sampling of a 3-D Gaussian mixture from 2-D binned projections with unknown rotations and shifts
+(thesis §2.4, App. C; the global rotation step of §3.3).
+
+Image i shows the mixture rotated by R_i (RELION's A: projected centre (R μ)_xy) and shifted in-plane by
+t_i = (t_x, t_y, 0) Å. Each count at pixel x_ij (2-D) has a missing depth coordinate; the Gibbs sweep draws
+the component split of every pixel's counts, then the depth sums per (image, component) from their
+sufficient statistics (ν, τ; eqs. C.31-C.34), then w, μ, s, each R_i (matrix Fisher) and each t_i.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from cryoscope.bayes.assignments import assignment_stats
+from cryoscope.bayes.counts import discretise_images, grid_points
+from cryoscope.bayes.draws import chi2
+from cryoscope.bayes.mixture import MixtureState, draw_means, draw_precision, draw_weights, log_prior
+from cryoscope.bayes.prior import MixturePrior
+from cryoscope.errors import InvalidValueError
+from cryoscope.geometry.matrix_fisher import sample_matrix_fisher
+from cryoscope.geometry.sampling import random_rotations
+from cryoscope.physics.fourier import centered_coords
+
+_SCORE_CHUNK = 1 << 23  # rotations x components x pixels-per-axis per block in the global step
+
+
+@dataclass
+class BinnedImages:
+    """Counts [P, N, N] (int64) of P images on a grid of `pixel_size` Å, with the occupied pixels of each image."""
+
+    counts: torch.Tensor
+    pixel_size: float
+
+    def __post_init__(self) -> None:
+        p, n, _ = self.counts.shape
+        grid = grid_points(n, 2, self.pixel_size, dtype=torch.float64)
+        flat = self.counts.reshape(p, -1)
+        self.points = [grid[flat[i] > 0] for i in range(p)]
+        self.values = [flat[i][flat[i] > 0] for i in range(p)]
+
+    @staticmethod
+    def from_images(images: torch.Tensor, pixel_size: float, n_counts: int) -> BinnedImages:
+        """Discretise non-negative images [P, N, N] to about `n_counts` counts each (eq. 2.52)."""
+        if images.dim() != 3 or images.shape[1] != images.shape[2]:
+            raise InvalidValueError(f"images must be [P, N, N], got {tuple(images.shape)}")
+        return BinnedImages(discretise_images(images, n_counts), float(pixel_size))
+
+    @property
+    def n_images(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def box(self) -> int:
+        return self.counts.shape[-1]
+
+
+@dataclass
+class Poses:
+    """rotations [P, 3, 3] (image = projection of R μ) and in-plane shifts [P, 2] (Å)."""
+
+    rotations: torch.Tensor
+    shifts: torch.Tensor
+
+    def clone(self) -> Poses:
+        return Poses(self.rotations.clone(), self.shifts.clone())
+
+
+@dataclass
+class LatentStats:
+    """Per (image, component): counts N [P, K], sums of the 3-D points ν [P, K, 3] (pixel x, y and drawn depth)
+    and of their squared norms ss [P, K]; and log p(D | θ) with the latent variables summed out."""
+
+    n: torch.Tensor
+    nu: torch.Tensor
+    ss: torch.Tensor
+    log_likelihood: torch.Tensor
+
+
+def transformed_centres(means: torch.Tensor, poses: Poses) -> torch.Tensor:
+    """c_ik = R_i μ_k + t_i [P, K, 3] (t_i has no depth component)."""
+    c = torch.einsum("pij,kj->pki", poses.rotations, means)
+    c[..., :2] += poses.shifts[:, None, :]
+    return c
+
+
+def draw_latents(state: MixtureState, poses: Poses, data: BinnedImages, generator: torch.Generator | None = None) -> LatentStats:
+    """Assignments (eq. C.27) and the depth sums ν^m ~ N(N c_z, N / s), τ ~ χ²(N) / s (eqs. C.33-C.34)."""
+    centres = transformed_centres(state.means, poses)
+    p, k = centres.shape[:2]
+    n = torch.zeros(p, k, dtype=centres.dtype)
+    nu = torch.zeros(p, k, 3, dtype=centres.dtype)
+    ss = torch.zeros(p, k, dtype=centres.dtype)
+    loglik = torch.zeros((), dtype=centres.dtype)
+    for i in range(p):
+        st = assignment_stats(data.points[i], data.values[i], centres[i, :, :2], state.weights, state.precision, generator)
+        n[i], nu[i, :, :2], ss[i] = st.n, st.s, st.q
+        loglik = loglik + st.log_likelihood
+    s = state.precision
+    cz = centres[..., 2]
+    nu_m = n * cz + torch.randn(n.shape, generator=generator, dtype=n.dtype) * (n / s).sqrt()
+    tau = chi2(n, generator) / s  # Σ (x^m - c_z)² per (image, component)
+    nu[..., 2] = nu_m
+    ss = ss + tau + 2 * cz * nu_m - n * cz * cz  # Σ (x^m)² = τ + 2 c_z ν^m - N c_z²
+    return LatentStats(n, nu, ss, loglik)
+
+
+def draw_mixture(state: MixtureState, stats: LatentStats, poses: Poses, prior: MixturePrior,
+                 generator: torch.Generator | None = None) -> MixtureState:
+    """w, μ (eq. C.56: back-projected sums Σ_i R_iᵀ (ν_ik - N_ik t_i)) and s (eqs. C.63-C.64)."""
+    t3 = torch.cat([poses.shifts, torch.zeros_like(poses.shifts[:, :1])], -1)
+    back = torch.einsum("pji,pkj->ki", poses.rotations, stats.nu - stats.n[..., None] * t3[:, None, :])
+    n_k = stats.n.sum(0)
+    weights = draw_weights(n_k, prior, generator)
+    means = draw_means(n_k, back, state.precision, prior, generator)
+    c = transformed_centres(means, poses)
+    ssr = (stats.ss - 2 * (c * stats.nu).sum(-1) + stats.n * (c * c).sum(-1)).sum()
+    precision = draw_precision(ssr, n_k.sum(), means, prior, generator)
+    return MixtureState(means, precision, weights)
+
+
+def rotation_parameter(state: MixtureState, stats: LatentStats, poses: Poses) -> torch.Tensor:
+    """A_i = s Σ_k (ν_ik - N_ik t_i) μ_kᵀ [P, 3, 3]: p(R_i | rest) ∝ exp(tr(A_iᵀ R_i)) (eqs. 2.92-2.93, C.75)."""
+    t3 = torch.cat([poses.shifts, torch.zeros_like(poses.shifts[:, :1])], -1)
+    return state.precision * torch.einsum("pki,kj->pij", stats.nu - stats.n[..., None] * t3[:, None, :], state.means)
+
+
+def draw_rotations(state: MixtureState, stats: LatentStats, poses: Poses, generator: torch.Generator | None = None) -> torch.Tensor:
+    """R_i from its matrix Fisher conditional."""
+    return sample_matrix_fisher(rotation_parameter(state, stats, poses), generator)
+
+
+def draw_shifts(state: MixtureState, stats: LatentStats, poses: Poses, shift_precision: float = 0.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """In-plane t_i ~ N(s Σ_k (ν_ik - N_ik R_i μ_k)_xy / (N_i s + r_t), 1 / (N_i s + r_t)) (eq. C.89, depth kept at 0)."""
+    s = state.precision
+    rm = torch.einsum("pij,kj->pki", poses.rotations, state.means)[..., :2]
+    n_i = stats.n.sum(1)
+    prec = n_i * s + shift_precision
+    mean = s * (stats.nu[..., :2] - stats.n[..., None] * rm).sum(1) / prec[:, None]
+    return mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype) * prec.rsqrt()[:, None]
+
+
+def rotation_scores(state: MixtureState, candidates: torch.Tensor, shifts: torch.Tensor, data: BinnedImages) -> torch.Tensor:
+    """log p(image i | R_m, θ) with assignments and depths summed out (eq. 3.8), [M candidates, P images]:
+    Σ_j y_ij log Σ_k w_k N(x_ij | (R_m μ_k)_xy + t_i, 1/s), pixel-centre evaluation."""
+    s = float(state.precision)
+    n, p = data.box, data.n_images
+    x = centered_coords(n, dtype=state.means.dtype) * data.pixel_size
+    y_img = data.counts.reshape(p, -1).to(state.means.dtype)
+    proj = torch.einsum("mij,kj->mki", candidates[:, :2, :], state.means)  # [M, K, 2]
+    k = state.means.shape[0]
+    step = max(1, _SCORE_CHUNK // (k * n * n))
+    norm = math.sqrt(s / (2 * math.pi))
+    shared = bool((shifts == shifts[:1]).all())
+    groups = [list(range(p))] if shared else [[i] for i in range(p)]
+    out = torch.empty(candidates.shape[0], p, dtype=state.means.dtype)
+    for group in groups:
+        t = shifts[group[0]]
+        for a in range(0, candidates.shape[0], step):
+            c = proj[a : a + step] + t
+            gx = norm * torch.exp(-0.5 * s * (x - c[..., 0:1]) ** 2)  # [m, K, N]
+            gy = norm * torch.exp(-0.5 * s * (x - c[..., 1:2]) ** 2)
+            lam = torch.einsum("k,mky,mkx->myx", state.weights, gy, gx).clamp_min(1e-300)
+            out[a : a + step, group] = torch.log(lam).reshape(lam.shape[0], -1) @ y_img[group].T
+    return out
+
+
+def global_rotations(state: MixtureState, poses: Poses, data: BinnedImages, n_rotations: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per image from the discrete approximation of p(R_i | θ, D) on `n_rotations` uniform rotations (eq. 3.9)."""
+    candidates = random_rotations(n_rotations, generator, dtype=state.means.dtype)
+    scores = rotation_scores(state, candidates, poses.shifts, data)
+    probs = torch.softmax(scores, 0).T  # [P, M]
+    return candidates[torch.multinomial(probs, 1, generator=generator).squeeze(1)]
+
+
+def log_posterior(state: MixtureState, log_likelihood: torch.Tensor, prior: MixturePrior) -> torch.Tensor:
+    """log p(D | θ) + log p(θ) with the uniform rotation prior and flat shift prior (constants dropped)."""
+    return log_likelihood + log_prior(state, prior)
