@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from cryoscope.bayes.mixture import MixtureState
+from cryoscope.bayes.pipeline import initial_stage
 from cryoscope.bayes.projected import (
     BinnedImages,
     LatentStats,
@@ -90,3 +91,24 @@ def test_global_step_then_local_gibbs_recovers_rotations_that_local_steps_alone_
     err_global, err_local = run(True), run(False)
     assert int((err_global < 5).sum()) >= 5, err_global
     assert int((err_local < 5).sum()) < int((err_global < 5).sum()), err_local
+
+
+
+def test_initial_stage_finds_the_rotations_of_projections_of_an_unknown_mixture():
+    g = torch.Generator().manual_seed(1)
+    k, box, px = 12, 24, 4.0
+    means = torch.randn(k, 3, generator=g, dtype=torch.float64) * torch.tensor([14.0, 9.0, 6.0], dtype=torch.float64)
+    truth = random_rotations(10, g, dtype=torch.float64)
+    images = gmm.project(means, torch.ones(k, dtype=torch.float64), torch.full((k,), 4.0, dtype=torch.float64), truth, box, px)
+    data = BinnedImages.from_images(images, px, 2000)
+    res = initial_stage(data, 12, rounds=5, mixture_steps=10, local_steps=10, n_rotations=1000, generator=torch.Generator().manual_seed(0))
+    assert res.final_log_posterior > res.log_posterior[0]
+    # the structure is unknown, so rotations are right only up to one common rotation (the gauge) and the hand
+    rel = res.poses.rotations.transpose(-1, -2) @ truth
+    flip = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    rel_mirror = (flip @ res.poses.rotations @ flip).transpose(-1, -2) @ truth
+    best = 0
+    for r in (rel, rel_mirror):
+        d = geodesic_distance(r[:, None], r[None])
+        best = max(best, int((d < 10).sum(1).max()))
+    assert best >= 9
