@@ -105,3 +105,16 @@ def test_gibbs_posterior_mean_recovers_a_known_mixture():
     stats = assignment_stats(*binned_map(vol, VOXEL, 30000), st.means, st.weights, st.precision, soft=True)
     assert float(stats.n.sum()) == pytest.approx(float(binned_map(vol, VOXEL, 30000)[1].sum()))
     assert isinstance(st, MixtureState)
+
+
+def test_multinomial_split_keeps_every_count_and_has_the_multinomial_mean():
+    from cryoscope.bayes.assignments import sample_split
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(6, 5, generator=g, dtype=torch.float64) * 2, -1)
+    counts = torch.tensor([0, 1, 3, 7, 20, 2])
+    draws = torch.stack([sample_split(probs, counts, g) for _ in range(4000)])
+    assert bool((draws.sum(-1) == counts.double()).all())
+    expected = counts[:, None] * probs
+    sd = (counts[:, None] * probs * (1 - probs) / 4000).sqrt()
+    assert bool(((draws.mean(0) - expected).abs() <= 5 * sd + 1e-12).all())

@@ -33,12 +33,19 @@ def component_logits(points: torch.Tensor, centres: torch.Tensor, log_weights: t
 
 
 def sample_split(probs: torch.Tensor, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z_j ~ Multinomial(counts_j, probs_j) for rows probs [M, K] (rows sum to 1), counts [M] int -> [M, K] (float)."""
+    """z_j ~ Multinomial(counts_j, probs_j) for rows probs [M, K] (rows sum to 1), counts [M] int -> [M, K] (float).
+
+    Every count is placed by inverse-CDF search in its row (one batched search, rows padded to the largest count)."""
     z = torch.zeros_like(probs)
-    for c in torch.unique(counts[counts > 0]).tolist():
-        rows = (counts == c).nonzero().squeeze(1)
-        draws = torch.multinomial(probs[rows], int(c), replacement=True, generator=generator)
-        z.index_put_((rows[:, None].expand_as(draws), draws), torch.ones((), dtype=z.dtype), accumulate=True)
+    max_count = int(counts.max()) if counts.numel() else 0
+    if max_count == 0:
+        return z
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], max_count, generator=generator, dtype=probs.dtype, device=probs.device) * cdf[:, -1:]
+    component = torch.searchsorted(cdf, u).clamp_max_(probs.shape[1] - 1)
+    used = torch.arange(max_count, device=probs.device) < counts[:, None]
+    rows = torch.arange(probs.shape[0], device=probs.device)[:, None].expand_as(component)
+    z.index_put_((rows[used], component[used]), torch.ones((), dtype=z.dtype, device=z.device), accumulate=True)
     return z
 
 
