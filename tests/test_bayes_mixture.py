@@ -37,7 +37,8 @@ def _complete_log_joint(points, z, means, s, weights, prior: MixturePrior):
 def test_precision_and_mean_conditionals_match_brute_force(mean_prior):
     g = torch.Generator().manual_seed(1)
     _, vol = _true_map(g)
-    points, counts = binned_map(vol, VOXEL, 3000)
+    data = binned_map(vol, VOXEL, 3000)
+    points, counts = data.points, data.counts
     prior = MixturePrior.from_data(points, counts, mean_prior=mean_prior)
     k = 4
     means = torch.randn(k, 3, generator=g, dtype=torch.float64) * 4
@@ -102,8 +103,15 @@ def test_gibbs_posterior_mean_recovers_a_known_mixture():
     one = render(fit.samples[-1], BOX, VOXEL)
     assert cc >= float((one * vol).sum() / (one.norm() * vol.norm()))
     st = fit.state
-    stats = assignment_stats(*binned_map(vol, VOXEL, 30000), st.means, st.weights, st.precision, soft=True)
-    assert float(stats.n.sum()) == pytest.approx(float(binned_map(vol, VOXEL, 30000)[1].sum()))
+    data = binned_map(vol, VOXEL, 30000)
+    dense = assignment_stats(data, st.means, st.weights, st.precision, soft=True, truncation=None)
+    cut = assignment_stats(data, st.means, st.weights, st.precision, soft=True)
+    assert float(dense.n.sum()) == pytest.approx(float(data.counts.sum()))
+    # the 5σ truncation changes the expected statistics and the likelihood only negligibly (here ~1e-6 of the counts)
+    total = float(data.counts.sum())
+    assert float((cut.n - dense.n).abs().max()) < 1e-5 * total
+    assert float((cut.s - dense.s).abs().max()) < 1e-5 * total * st.sigma
+    assert float(cut.log_likelihood) == pytest.approx(float(dense.log_likelihood), rel=5e-6)
     assert isinstance(st, MixtureState)
 
 
@@ -118,3 +126,20 @@ def test_multinomial_split_keeps_every_count_and_has_the_multinomial_mean():
     expected = counts[:, None] * probs
     sd = (counts[:, None] * probs * (1 - probs) / 4000).sqrt()
     assert bool(((draws.mean(0) - expected).abs() <= 5 * sd + 1e-12).all())
+
+
+def test_truncated_draws_have_the_expected_split():
+    g = torch.Generator().manual_seed(6)
+    _, vol = _true_map(g)
+    data = binned_map(vol, VOXEL, 5000)
+    k = 6
+    means = torch.randn(k, 3, generator=g, dtype=torch.float64) * 4
+    weights = torch.full((k,), 1 / k, dtype=torch.float64)
+    s = torch.tensor(1 / 16.0, dtype=torch.float64)
+    expected = assignment_stats(data, means, weights, s, soft=True, truncation=None)
+    draws = [assignment_stats(data, means, weights, s, g) for _ in range(120)]
+    assert all(float(d.n.sum()) == float(data.counts.sum()) for d in draws)
+    n = torch.stack([d.n for d in draws])
+    sx = torch.stack([d.s[:, 0] for d in draws])
+    assert bool(((n.mean(0) - expected.n).abs() <= 5 * n.std(0) / 120**0.5 + 1e-9).all())
+    assert bool(((sx.mean(0) - expected.s[:, 0]).abs() <= 5 * sx.std(0) / 120**0.5 + 1e-9).all())

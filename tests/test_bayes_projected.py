@@ -101,7 +101,9 @@ def test_initial_stage_finds_the_rotations_of_projections_of_an_unknown_mixture(
     truth = random_rotations(10, g, dtype=torch.float64)
     images = gmm.project(means, torch.ones(k, dtype=torch.float64), torch.full((k,), 4.0, dtype=torch.float64), truth, box, px)
     data = BinnedImages.from_images(images, px, 2000)
-    res = initial_stage(data, 12, rounds=5, mixture_steps=10, local_steps=10, n_rotations=1000, generator=torch.Generator().manual_seed(0))
+    runs = [initial_stage(data, 12, rounds=5, mixture_steps=10, local_steps=10, n_rotations=1000,
+                          generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    res = max(runs, key=lambda r: r.final_log_posterior)  # restarts ranked by log-posterior (thesis §3.4.3)
     assert res.final_log_posterior > res.log_posterior[0]
     # the structure is unknown, so rotations are right only up to one common rotation (the gauge) and the hand
     rel = res.poses.rotations.transpose(-1, -2) @ truth

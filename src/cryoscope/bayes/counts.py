@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from cryoscope.errors import InvalidValueError
@@ -34,3 +36,27 @@ def grid_points(box: int, ndim: int, spacing: float, dtype: torch.dtype = torch.
     c = centered_coords(box, dtype=dtype) * spacing
     axes = torch.meshgrid(*([c] * ndim), indexing="ij")  # z, y, x (or y, x)
     return torch.stack(list(reversed([a.reshape(-1) for a in axes])), -1)
+
+
+@dataclass
+class GridPoints:
+    """The occupied points of a binned map or image: centres [M, d] (Å), counts [M] (int64) and their flat indices
+    [M] in the C-ordered grid of edge `box` and spacing `spacing` Å (as made by `grid_points`)."""
+
+    points: torch.Tensor
+    counts: torch.Tensor
+    index: torch.Tensor
+    box: int
+    spacing: float
+
+    @staticmethod
+    def from_counts(counts: torch.Tensor, spacing: float) -> GridPoints:
+        """From a grid of counts [N, N] or [N, N, N] (C order, x fastest)."""
+        flat = counts.reshape(-1)
+        index = (flat > 0).nonzero().squeeze(1)
+        pts = grid_points(counts.shape[-1], counts.dim(), spacing)[index]
+        return GridPoints(pts, flat[index], index, counts.shape[-1], float(spacing))
+
+    @property
+    def ndim(self) -> int:
+        return self.points.shape[1]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cryoscope.bayes.counts import discretise, grid_points
+from cryoscope.bayes.counts import GridPoints, discretise
 from cryoscope.bayes.mixture import MixtureState, draw_from_prior, em_step, gibbs_step, log_prior
 from cryoscope.bayes.prior import MixturePrior
 from cryoscope.errors import InvalidValueError
@@ -23,14 +23,11 @@ class MapFit:
     log_posterior: list[float] = field(default_factory=list)
 
 
-def binned_map(volume: torch.Tensor, voxel_size: float, n_counts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Voxel centres [M, 3] (Å, about voxel N // 2) and counts [M] of the voxels that hold any (eq. 2.52)."""
+def binned_map(volume: torch.Tensor, voxel_size: float, n_counts: int) -> GridPoints:
+    """The voxels of a map that hold counts (eq. 2.52), centres in Å about voxel N // 2."""
     if volume.dim() != 3 or len(set(volume.shape)) != 1:
         raise InvalidValueError(f"map must be a cube [N, N, N], got {tuple(volume.shape)}")
-    counts = discretise(volume, n_counts).reshape(-1)
-    points = grid_points(volume.shape[0], 3, voxel_size)
-    keep = counts > 0
-    return points[keep], counts[keep]
+    return GridPoints.from_counts(discretise(volume, n_counts), voxel_size)
 
 
 def fit_map(
@@ -45,23 +42,25 @@ def fit_map(
     prior: MixturePrior | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int, float], None] | None = None,
+    truncation: float | None = 5.0,
 ) -> MapFit:
     """Fit K components to a map [N, N, N] (negative values count as empty). Gibbs keeps every `thin`-th sample
-    after `burn_in` steps (default: half the steps); EM returns only the MAP state."""
+    after `burn_in` steps (default: half the steps); EM returns only the MAP state. `truncation`: see
+    `assignments.assignment_stats`."""
     if method not in ("gibbs", "em"):
         raise InvalidValueError(f"method must be 'gibbs' or 'em', got {method!r}")
     if n_components < 1 or n_steps < 1 or thin < 1:
         raise InvalidValueError(f"need K >= 1, steps >= 1 and thin >= 1, got {n_components}, {n_steps}, {thin}")
-    points, counts = binned_map(volume, voxel_size, n_counts)
-    prior = prior or MixturePrior.from_data(points, counts)
+    data = binned_map(volume, voxel_size, n_counts)
+    prior = prior or MixturePrior.from_data(data.points, data.counts)
     state = draw_from_prior(n_components, 3, prior, generator)
     burn_in = n_steps // 2 if burn_in is None else burn_in
     fit = MapFit(state)
     for step in range(n_steps):
         if method == "gibbs":
-            new, loglik = gibbs_step(state, points, counts, prior, generator)
+            new, loglik = gibbs_step(state, data, prior, generator, truncation)
         else:
-            new, loglik = em_step(state, points, counts, prior)
+            new, loglik = em_step(state, data, prior, truncation)
         fit.log_posterior.append(float(loglik + log_prior(state, prior)))  # of the state the sweep started from
         state = new
         if method == "gibbs" and step >= burn_in and (step - burn_in) % thin == 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from cryoscope.bayes.assignments import AssignmentStats, assignment_stats
+from cryoscope.bayes.counts import GridPoints
 from cryoscope.bayes.draws import dirichlet, gamma
 from cryoscope.bayes.prior import MixturePrior
 
@@ -92,20 +93,20 @@ def log_prior(state: MixtureState, prior: MixturePrior) -> torch.Tensor:
     return lp_mu + lp_s + lp_w
 
 
-def gibbs_step(state: MixtureState, points: torch.Tensor, counts: torch.Tensor, prior: MixturePrior,
-               generator: torch.Generator | None = None) -> tuple[MixtureState, torch.Tensor]:
+def gibbs_step(state: MixtureState, data: GridPoints, prior: MixturePrior, generator: torch.Generator | None = None,
+               truncation: float | None = 5.0) -> tuple[MixtureState, torch.Tensor]:
     """One sweep z -> w -> μ -> s for binned data; returns the new state and log p(D | θ) at the old one."""
-    stats = assignment_stats(points, counts, state.means, state.weights, state.precision, generator)
+    stats = assignment_stats(data, state.means, state.weights, state.precision, generator, truncation=truncation)
     weights = draw_weights(stats.n, prior, generator)
     means = draw_means(stats.n, stats.s, state.precision, prior, generator)
     precision = draw_precision(squared_residual(stats, means), stats.n.sum(), means, prior, generator)
     return MixtureState(means, precision, weights), stats.log_likelihood
 
 
-def em_step(state: MixtureState, points: torch.Tensor, counts: torch.Tensor, prior: MixturePrior) -> tuple[MixtureState, torch.Tensor]:
+def em_step(state: MixtureState, data: GridPoints, prior: MixturePrior, truncation: float | None = 5.0) -> tuple[MixtureState, torch.Tensor]:
     """One MAP-EM iteration (eqs. 2.34, 2.38, 2.39 with binned weights); returns the new state and log p(D | θ)
-    at the old one. The log-posterior never decreases (for α0 >= 1)."""
-    stats = assignment_stats(points, counts, state.means, state.weights, state.precision, soft=True)
+    at the old one. The log-posterior never decreases (for α0 >= 1; exactly so with `truncation` None)."""
+    stats = assignment_stats(data, state.means, state.weights, state.precision, soft=True, truncation=truncation)
     k = stats.n.numel()
     n_total = stats.n.sum()
     weights = (stats.n + prior.alpha0 - 1).clamp_min(0) / (n_total + k * (prior.alpha0 - 1))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from cryoscope.bayes.assignments import assignment_stats
-from cryoscope.bayes.counts import discretise_images, grid_points
+from cryoscope.bayes.counts import GridPoints, discretise_images
 from cryoscope.bayes.draws import chi2
 from cryoscope.bayes.mixture import MixtureState, draw_means, draw_precision, draw_weights, log_prior
 from cryoscope.bayes.prior import MixturePrior
@@ -35,11 +35,7 @@ class BinnedImages:
     pixel_size: float
 
     def __post_init__(self) -> None:
-        p, n, _ = self.counts.shape
-        grid = grid_points(n, 2, self.pixel_size, dtype=torch.float64)
-        flat = self.counts.reshape(p, -1)
-        self.points = [grid[flat[i] > 0] for i in range(p)]
-        self.values = [flat[i][flat[i] > 0] for i in range(p)]
+        self.grids = [GridPoints.from_counts(c, self.pixel_size) for c in self.counts]
 
     @staticmethod
     def from_images(images: torch.Tensor, pixel_size: float, n_counts: int) -> BinnedImages:
@@ -95,7 +91,7 @@ def draw_latents(state: MixtureState, poses: Poses, data: BinnedImages, generato
     ss = torch.zeros(p, k, dtype=centres.dtype)
     loglik = torch.zeros((), dtype=centres.dtype)
     for i in range(p):
-        st = assignment_stats(data.points[i], data.values[i], centres[i, :, :2], state.weights, state.precision, generator)
+        st = assignment_stats(data.grids[i], centres[i, :, :2], state.weights, state.precision, generator)
         n[i], nu[i, :, :2], ss[i] = st.n, st.s, st.q
         loglik = loglik + st.log_likelihood
     s = state.precision
