@@ -39,10 +39,15 @@ class StackWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.mrcs", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
-        with mrcfile.new_mmap(self._tmp, shape=(self.n, self.box, self.box), mrc_mode=2, overwrite=True) as mrc:
+        # header of a one-image stack, then nz patched and the file extended (sparse): nothing of size n is touched
+        with mrcfile.new(self._tmp, overwrite=True) as mrc:
+            mrc.set_data(np.zeros((1, self.box, self.box), np.float32))
             mrc.set_image_stack()
             self._data_offset = int(mrc.header.nbytes + mrc.extended_header.nbytes)
+            order = "<" if mrc.header.mode.dtype.byteorder in ("<", "=", "|") and np.little_endian else ">"
         self._file = open(self._tmp, "r+b")  # noqa: SIM115 - closed in __exit__
+        os.pwrite(self._file.fileno(), np.array([self.n], dtype=order + "i4").tobytes(), 8)  # nz (header word 3)
+        self._file.truncate(self._data_offset + self.n * self.box * self.box * 4)
         return self
 
     def write(self, start: int, images: torch.Tensor) -> None:
