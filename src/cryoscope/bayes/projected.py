@@ -103,11 +103,16 @@ def draw_latents(state: MixtureState, poses: Poses, data: BinnedImages, generato
     return LatentStats(n, nu, ss, loglik)
 
 
+def _centred_sums(stats: LatentStats, poses: Poses) -> torch.Tensor:
+    """ν_ik - N_ik t_i [P, K, 3]: the sums of each image's points with its shift (t_z = 0) removed."""
+    t3 = torch.cat([poses.shifts, torch.zeros_like(poses.shifts[:, :1])], -1)
+    return stats.nu - stats.n[..., None] * t3[:, None, :]
+
+
 def draw_mixture(state: MixtureState, stats: LatentStats, poses: Poses, prior: MixturePrior,
                  generator: torch.Generator | None = None) -> MixtureState:
     """w, μ (eq. C.56: back-projected sums Σ_i R_iᵀ (ν_ik - N_ik t_i)) and s (eqs. C.63-C.64)."""
-    t3 = torch.cat([poses.shifts, torch.zeros_like(poses.shifts[:, :1])], -1)
-    back = torch.einsum("pji,pkj->ki", poses.rotations, stats.nu - stats.n[..., None] * t3[:, None, :])
+    back = torch.einsum("pji,pkj->ki", poses.rotations, _centred_sums(stats, poses))
     n_k = stats.n.sum(0)
     weights = draw_weights(n_k, prior, generator)
     means = draw_means(n_k, back, state.precision, prior, generator)
@@ -119,8 +124,7 @@ def draw_mixture(state: MixtureState, stats: LatentStats, poses: Poses, prior: M
 
 def rotation_parameter(state: MixtureState, stats: LatentStats, poses: Poses) -> torch.Tensor:
     """A_i = s Σ_k (ν_ik - N_ik t_i) μ_kᵀ [P, 3, 3]: p(R_i | rest) ∝ exp(tr(A_iᵀ R_i)) (eqs. 2.92-2.93, C.75)."""
-    t3 = torch.cat([poses.shifts, torch.zeros_like(poses.shifts[:, :1])], -1)
-    return state.precision * torch.einsum("pki,kj->pij", stats.nu - stats.n[..., None] * t3[:, None, :], state.means)
+    return state.precision * torch.einsum("pki,kj->pij", _centred_sums(stats, poses), state.means)
 
 
 def draw_rotations(state: MixtureState, stats: LatentStats, poses: Poses, generator: torch.Generator | None = None) -> torch.Tensor:
