@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--counts", type=int, default=1000)
     ap.add_argument("--n-rotations", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--local-steps", type=int, default=60)
+    ap.add_argument("--local-steps", type=int, default=150)
     ap.add_argument("--average", type=int, default=50)
     ap.add_argument("--restarts", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "gmm" / "rotations.json")
@@ -95,18 +95,17 @@ def main() -> None:
     model = render(state, 32, px)
     truth = random_rotations(25, torch.Generator().manual_seed(0), dtype=torch.float64)
     data = BinnedImages.from_images(project(vol, truth).clamp_min(0), px, args.counts)
-    runs = []
-    for seed in range(args.restarts):
-        for use_global in (True, False):
-            r = run(state, data, truth, use_global, args.n_rotations, args.rounds, args.local_steps, args.average, seed)
-            print(json.dumps({k: v for k, v in r.items() if k != "errors_posterior_mean_deg"}), flush=True)
-            runs.append(r)
     out = {"pixel_size_A": px, "components": args.components, "sigma_A": state.sigma, "fit_seconds": fit_seconds,
            "model_correlation_with_map": float((model * vol).sum() / (model.norm() * vol.norm())),
            "counts_per_image": args.counts, "n_rotations": args.n_rotations, "rounds": args.rounds,
-           "local_steps": args.local_steps, "average": args.average, "runs": runs}
+           "local_steps": args.local_steps, "average": args.average, "runs": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    for seed in range(args.restarts):
+        for use_global in (True, False):
+            r = run(state, data, truth, use_global, args.n_rotations, args.rounds, args.local_steps, args.average, seed)
+            print(json.dumps(r), flush=True)
+            out["runs"].append(r)
+            args.out.write_text(json.dumps(out, indent=1))  # after every run: partial results survive
 
 
 if __name__ == "__main__":
