@@ -54,7 +54,7 @@ def main() -> None:
                             generator=torch.Generator().manual_seed(seed))
         err = consensus_errors(res.poses.rotations, truth_rot)
         row = {"seed": seed, "seconds": time.perf_counter() - t0, "log_posterior": res.final_log_posterior,
-               "within_5deg": int((err < 5).sum()), "median_error_deg": float(err.median())}
+               "within_5deg": int((err < 5).sum()), "within_15deg": int((err < 15).sum()), "median_error_deg": float(err.median())}
         print(json.dumps(row), flush=True)
         out["restarts"].append(row)
         if best is None or res.final_log_posterior > best.final_log_posterior:
