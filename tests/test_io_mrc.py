@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tracemalloc
 
 import mrcfile
@@ -97,6 +98,9 @@ def test_stack_reads_any_frame_order_and_byte_order(tmp_path):
     s = ParticleStack.open(tmp_path / "be.mrcs")
     rows = np.array([6, 2, 3, 4, 0, 4, 5])  # runs, repeats, reversals
     assert np.array_equal(s[rows].numpy(), imgs[rows].astype(np.float32))
+    copy = pickle.loads(pickle.dumps(s))  # as sent to a worker process: opens its own file
+    s.close()
+    assert np.array_equal(copy[rows].numpy(), imgs[rows].astype(np.float32))
 
 
 def test_stack_writer_matches_mrcfile_header_statistics(tmp_path):

@@ -276,6 +276,10 @@ class ParticleStack:
             raise InvalidValueError(f"image {self._frame[bad] + 1} of {f} contains NaN/Inf", self._source or f)
         return images[0] if single else images
 
+    def __getstate__(self) -> dict:
+        """Picklable (e.g. for worker processes): open file descriptors are not carried over, each process opens its own."""
+        return {**self.__dict__, "_fds": {}}
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
