@@ -22,9 +22,8 @@ from cryoscope.bayes.prior import MixturePrior
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.matrix_fisher import sample_matrix_fisher
 from cryoscope.geometry.sampling import random_rotations
-from cryoscope.physics.fourier import centered_coords
+from cryoscope.physics import gmm
 
-_SCORE_CHUNK = 1 << 23  # rotations x components x pixels-per-axis per block in the global step
 
 
 @dataclass
@@ -145,26 +144,20 @@ def draw_shifts(state: MixtureState, stats: LatentStats, poses: Poses, shift_pre
 
 def rotation_scores(state: MixtureState, candidates: torch.Tensor, shifts: torch.Tensor, data: BinnedImages) -> torch.Tensor:
     """log p(image i | R_m, θ) with assignments and depths summed out (eq. 3.8), [M candidates, P images]:
-    Σ_j y_ij log Σ_k w_k N(x_ij | (R_m μ_k)_xy + t_i, 1/s), pixel-centre evaluation."""
-    s = float(state.precision)
-    n, p = data.box, data.n_images
-    x = centered_coords(n, dtype=state.means.dtype) * data.pixel_size
+    Σ_j y_ij log Σ_k w_k N(x_ij | (R_m μ_k)_xy + t_i, 1/s), pixel-centre evaluation, from the exact mixture
+    projections of `physics.gmm` (shifted by moving the centres by R_mᵀ (t_i, 0))."""
+    n, p, px = data.box, data.n_images, data.pixel_size
     y_img = data.counts.reshape(p, -1).to(state.means.dtype)
-    proj = torch.einsum("mij,kj->mki", candidates[:, :2, :], state.means)  # [M, K, 2]
-    k = state.means.shape[0]
-    step = max(1, _SCORE_CHUNK // (k * n * n))
-    norm = math.sqrt(s / (2 * math.pi))
+    sigma = torch.full_like(state.weights, state.sigma)
     shared = bool((shifts == shifts[:1]).all())
     groups = [list(range(p))] if shared else [[i] for i in range(p)]
     out = torch.empty(candidates.shape[0], p, dtype=state.means.dtype)
     for group in groups:
-        t = shifts[group[0]]
-        for a in range(0, candidates.shape[0], step):
-            c = proj[a : a + step] + t
-            gx = norm * torch.exp(-0.5 * s * (x - c[..., 0:1]) ** 2)  # [m, K, N]
-            gy = norm * torch.exp(-0.5 * s * (x - c[..., 1:2]) ** 2)
-            lam = torch.einsum("k,mky,mkx->myx", state.weights, gy, gx).clamp_min(1e-300)
-            out[a : a + step, group] = torch.log(lam).reshape(lam.shape[0], -1) @ y_img[group].T
+        t3 = torch.cat([shifts[group[0]], shifts.new_zeros(1)])
+        centres = state.means + (candidates.transpose(-1, -2) @ t3)[:, None, :]  # [M, K, 3]
+        mass = gmm.project(centres, state.weights, sigma, candidates, n, px)  # Σ_k w_k N(x) px² per pixel
+        density = torch.log(mass.clamp_min(1e-300)) - 2 * math.log(px)
+        out[:, group] = density.reshape(candidates.shape[0], -1) @ y_img[group].T
     return out
 
 
