@@ -41,9 +41,7 @@ class StageResult:
 
 def data_prior(data: BinnedImages, **kwargs) -> MixturePrior:
     """The default prior for a set of images: r from the per-axis spread of all counts about the image centre."""
-    pts = torch.cat([g.points for g in data.grids])
-    cnt = torch.cat([g.counts for g in data.grids])
-    return MixturePrior.from_data(pts, cnt, **kwargs)
+    return MixturePrior.from_data(data.pixels.points, data.pixels.counts, **kwargs)
 
 
 def initial_stage(

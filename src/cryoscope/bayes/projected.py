@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cryoscope.bayes.assignments import assignment_stats
-from cryoscope.bayes.counts import GridPoints, discretise_images
+from cryoscope.bayes.counts import discretise_images
 from cryoscope.bayes.draws import chi2
+from cryoscope.bayes.image_assignments import PixelCounts, image_assignment_stats
 from cryoscope.bayes.mixture import MixtureState, draw_means, draw_precision, draw_weights, log_prior
 from cryoscope.bayes.prior import MixturePrior
 from cryoscope.errors import InvalidValueError
@@ -28,13 +28,13 @@ from cryoscope.physics import gmm
 
 @dataclass
 class BinnedImages:
-    """Counts [P, N, N] (int64) of P images on a grid of `pixel_size` Å, with the occupied pixels of each image."""
+    """Counts [P, N, N] (int64) of P images on a grid of `pixel_size` Å, with their occupied pixels."""
 
     counts: torch.Tensor
     pixel_size: float
 
     def __post_init__(self) -> None:
-        self.grids = [GridPoints.from_counts(c, self.pixel_size) for c in self.counts]
+        self.pixels = PixelCounts.from_counts(self.counts, self.pixel_size)
 
     @staticmethod
     def from_images(images: torch.Tensor, pixel_size: float, n_counts: int) -> BinnedImages:
@@ -84,22 +84,16 @@ def transformed_centres(means: torch.Tensor, poses: Poses) -> torch.Tensor:
 def draw_latents(state: MixtureState, poses: Poses, data: BinnedImages, generator: torch.Generator | None = None) -> LatentStats:
     """Assignments (eq. C.27) and the depth sums ν^m ~ N(N c_z, N / s), τ ~ χ²(N) / s (eqs. C.33-C.34)."""
     centres = transformed_centres(state.means, poses)
-    p, k = centres.shape[:2]
-    n = torch.zeros(p, k, dtype=centres.dtype)
-    nu = torch.zeros(p, k, 3, dtype=centres.dtype)
-    ss = torch.zeros(p, k, dtype=centres.dtype)
-    loglik = torch.zeros((), dtype=centres.dtype)
-    for i in range(p):
-        st = assignment_stats(data.grids[i], centres[i, :, :2], state.weights, state.precision, generator)
-        n[i], nu[i, :, :2], ss[i] = st.n, st.s, st.q
-        loglik = loglik + st.log_likelihood
+    st = image_assignment_stats(data.pixels, centres[..., :2], state.weights, state.precision, generator)
+    n = st.n
+    nu = torch.cat([st.s, torch.zeros_like(n)[..., None]], -1)
     s = state.precision
     cz = centres[..., 2]
     nu_m = n * cz + torch.randn(n.shape, generator=generator, dtype=n.dtype) * (n / s).sqrt()
     tau = chi2(n, generator) / s  # Σ (x^m - c_z)² per (image, component)
     nu[..., 2] = nu_m
-    ss = ss + tau + 2 * cz * nu_m - n * cz * cz  # Σ (x^m)² = τ + 2 c_z ν^m - N c_z²
-    return LatentStats(n, nu, ss, loglik)
+    ss = st.q + tau + 2 * cz * nu_m - n * cz * cz  # Σ (x^m)² = τ + 2 c_z ν^m - N c_z²
+    return LatentStats(n, nu, ss, st.log_likelihood)
 
 
 def _centred_sums(stats: LatentStats, poses: Poses) -> torch.Tensor:

@@ -1,0 +1,59 @@
+"""The separable, tree-structured assignment sampler for binned images against the dense evaluation."""
+
+from __future__ import annotations
+
+import torch
+
+from cryoscope.bayes.assignments import assignment_stats
+from cryoscope.bayes.counts import GridPoints
+from cryoscope.bayes.image_assignments import PixelCounts, image_assignment_stats
+
+
+def _dense(counts, centres, weights, s, px):
+    return [assignment_stats(GridPoints.from_counts(c, px), centres[i], weights, s, soft=True, truncation=None)
+            for i, c in enumerate(counts)]
+
+
+def _check_moments(counts, centres, weights, s, px, draws=300, compute_dtype=torch.float64):
+    g = torch.Generator().manual_seed(1)
+    data = PixelCounts.from_counts(counts, px)
+    exact = _dense(counts, centres, weights, s, px)
+    runs = [image_assignment_stats(data, centres, weights, s, g, compute_dtype=compute_dtype) for _ in range(draws)]
+    ll = sum(e.log_likelihood for e in exact)
+    assert torch.allclose(runs[0].log_likelihood, ll, rtol=1e-6 if compute_dtype == torch.float32 else 1e-12)
+    n = torch.stack([r.n for r in runs]).mean(0)
+    sx = torch.stack([r.s for r in runs]).mean(0)
+    for i, e in enumerate(exact):
+        # counts per component are sums of independent categorical draws: Var <= E; the sample mean of `draws` runs
+        # lies within 5 standard errors
+        assert ((n[i] - e.n).abs() <= 5 * (e.n / draws).sqrt() + 1e-9).all()
+        spread = (counts.shape[-1] * px) * (e.n / draws).sqrt()  # |x| < box: Var(S) <= box² E[N]
+        assert ((sx[i] - e.s).abs() <= 5 * spread[:, None] + 1e-9).all()
+        assert torch.equal(runs[0].n[i].sum(), counts[i].sum().to(runs[0].n.dtype))
+
+
+def test_draws_have_the_exact_responsibilities_as_mean():
+    g = torch.Generator().manual_seed(0)
+    p, k, box, px = 3, 37, 20, 4.0  # K = 37: padded tree (b1, b2, b3) = (3, 4, 4)
+    centres = torch.randn(p, k, 2, generator=g, dtype=torch.float64) * 15
+    weights = torch.rand(k, generator=g, dtype=torch.float64)
+    counts = torch.randint(0, 4, (p, box, box), generator=g)
+    _check_moments(counts, centres, weights / weights.sum(), torch.tensor(1 / 36, dtype=torch.float64), px)
+    _check_moments(counts, centres, weights / weights.sum(), torch.tensor(1 / 36, dtype=torch.float64), px,
+                   compute_dtype=torch.float32)
+
+
+def test_pixels_far_from_every_component_are_evaluated_exactly():
+    # components near (-15, 15) Å and (15, -15) Å; pixel (0, 0) at (-40, -40) Å is nearest in x to the first and in y
+    # to the second, so each product of the scaled 1-D factors is below exp(-300): zero in float32
+    g = torch.Generator().manual_seed(2)
+    p, k, box, px = 2, 6, 16, 5.0
+    centres = torch.randn(p, k, 2, generator=g, dtype=torch.float64)
+    centres[:, :3] += torch.tensor([-15.0, 15.0], dtype=torch.float64)
+    centres[:, 3:] += torch.tensor([15.0, -15.0], dtype=torch.float64)
+    counts = torch.zeros(p, box, box, dtype=torch.long)
+    counts[:, 8, 8] = 5
+    counts[:, 0, 0] = 3
+    counts[1, 0, 1] = 2
+    _check_moments(counts, centres, torch.full((k,), 1 / k, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64),
+                   px, draws=100, compute_dtype=torch.float32)
