@@ -77,6 +77,17 @@ def axis_angle_to_matrix(v: torch.Tensor) -> torch.Tensor:
     return eye + a[..., None] * K + b[..., None] * (K @ K)
 
 
+def axis_angle_derivative(v: torch.Tensor) -> torch.Tensor:
+    """∂R/∂v_i of R(v) = exp(skew(v)), [..., 3] -> [..., 3 (i), 3, 3].
+
+    Gallego & Yezzi (2015; thesis eq. 5.27): ∂R/∂v_i = (v_i skew(v) + skew(v × (I - R) e_i)) R / |v|², which equals
+    skew(J_l(v) e_i) R with the left Jacobian J_l; that form is evaluated (stable at v = 0, Taylor series there).
+    """
+    R = axis_angle_to_matrix(v)
+    columns = so3_left_jacobian(v).transpose(-1, -2)  # row i = J_l(v) e_i
+    return _skew(columns) @ R[..., None, :, :]
+
+
 def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
     """Logarithm map SO(3) -> so(3): [..., 3, 3] -> axis-angle [..., 3] (radians, |v| <= pi)."""
     return quaternion_to_axis_angle(matrix_to_quaternion(R))
