@@ -70,7 +70,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ref = refinement_stage(data["refine"], args.components, best, steps=args.steps, burn_in=args.steps // 2, thin=10,
                            generator=torch.Generator().manual_seed(100),
-                           callback=lambda s: print("refine step", s, round(time.perf_counter() - t0), flush=True) if s % 50 == 0 else None)
+                           callback=lambda s, *_: print("refine step", s, round(time.perf_counter() - t0), flush=True) if s % 50 == 0 else None)
     out["refine_seconds"] = time.perf_counter() - t0
     out["total_seconds"] = time.perf_counter() - t_start
     n, v = sizes["refine"], px["refine"]

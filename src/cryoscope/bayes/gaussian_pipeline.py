@@ -76,28 +76,33 @@ def refinement_stage(
     shifts: bool = True,
     prior: GaussianPrior | None = None,
     generator: torch.Generator | None = None,
-    callback: Callable[[int], None] | None = None,
+    callback: Callable[[int, StageResult, Tuning], None] | None = None,
+    resume: tuple[StageResult, Tuning] | None = None,
 ) -> StageResult:
     """Full sweeps from the initial stage's rotations and mixture (each component split into n_components / K
     copies jittered by σ/2, same σ); keeps every `thin`-th (state, poses) after `burn_in` sweeps, with the step
-    sizes frozen from then on."""
+    sizes frozen from then on. `callback(step, result, tuning)` runs after every sweep (e.g. to checkpoint);
+    `resume` continues a partial result with its tuning (and the generator restored to that point)."""
     prior = prior or GaussianPrior.from_images(data.images, data.pixel_size)
-    k0 = start.state.means.shape[0]
-    pick = torch.arange(n_components) % k0
-    sigma = start.state.sigma
-    means = start.state.means[pick] + 0.5 * sigma * torch.randn(n_components, 3, generator=generator, dtype=start.state.means.dtype)
-    poses = start.poses.clone()
-    state = initial_state(means, sigma, poses, data, prior, generator)
-    tuning = Tuning.initial(state, data)
-    res = StageResult(state, poses)
-    for step in range(steps):
+    if resume is None:
+        k0 = start.state.means.shape[0]
+        pick = torch.arange(n_components) % k0
+        sigma = start.state.sigma
+        jitter = 0.5 * sigma * torch.randn(n_components, 3, generator=generator, dtype=start.state.means.dtype)
+        poses = start.poses.clone()
+        state = initial_state(start.state.means[pick] + jitter, sigma, poses, data, prior, generator)
+        res, tuning = StageResult(state, poses), Tuning.initial(state, data)
+    else:
+        res, tuning = resume
+    state, poses = res.state, res.poses
+    for step in range(len(res.log_posterior), steps):
         if step == burn_in:
             tuning.freeze()
         state, poses = sweep(state, poses, data, prior, tuning, generator, shifts=shifts)
         res.log_posterior.append(sweep_log_posterior(state, poses, data, prior))
         if step >= burn_in and (step - burn_in) % thin == 0:
             res.samples.append((state.clone(), poses.clone()))
+        res.state, res.poses = state, poses
         if callback is not None:
-            callback(step)
-    res.state, res.poses = state, poses
+            callback(step, res, tuning)
     return res

@@ -87,15 +87,20 @@ def refinement_stage(
     shifts: bool = True,
     prior: MixturePrior | None = None,
     generator: torch.Generator | None = None,
-    callback: Callable[[int], None] | None = None,
+    callback: Callable[[int, StageResult], None] | None = None,
+    resume: StageResult | None = None,
 ) -> StageResult:
     """Full Gibbs sweeps (assignments and depths, w, μ, s, rotations, shifts) from a new mixture drawn from the prior
-    and the initial stage's rotations; keeps every `thin`-th (state, poses) after `burn_in` sweeps."""
+    and the initial stage's rotations; keeps every `thin`-th (state, poses) after `burn_in` sweeps. `callback(step,
+    result)` runs after every sweep (e.g. to checkpoint); `resume` continues a partial result (with the generator
+    restored to its state at that point, the run ends as an uninterrupted one)."""
     prior = prior or data_prior(data)
-    state = draw_from_prior(n_components, 3, prior, generator)
-    poses = poses.clone()
-    res = StageResult(state, poses)
-    for step in range(steps):
+    if resume is None:
+        res = StageResult(draw_from_prior(n_components, 3, prior, generator), poses.clone())
+    else:
+        res = resume
+    state, poses = res.state, res.poses
+    for step in range(len(res.log_posterior), steps):
         stats = draw_latents(state, poses, data, generator)
         res.log_posterior.append(float(log_posterior(state, stats.log_likelihood, prior)))
         state = draw_mixture(state, stats, poses, prior, generator)
@@ -104,7 +109,7 @@ def refinement_stage(
             poses.shifts = draw_shifts(state, stats, poses, generator=generator)
         if step >= burn_in and (step - burn_in) % thin == 0:
             res.samples.append((state.clone(), poses.clone()))
+        res.state, res.poses = state, poses
         if callback is not None:
-            callback(step)
-    res.state, res.poses = state, poses
+            callback(step, res)
     return res

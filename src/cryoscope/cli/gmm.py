@@ -1,4 +1,5 @@
-"""`cryoscope gmm`: Bayesian pseudo-atomic (Gaussian-mixture) models; `gmm fit-map` fits one to a 3-D map."""
+"""`cryoscope gmm`: Bayesian pseudo-atomic (Gaussian-mixture) models; `gmm fit-map` fits one to a 3-D map,
+`gmm initial-model` infers one from class averages with unknown rotations."""
 
 from __future__ import annotations
 
@@ -37,3 +38,50 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {paths['pdb']} and {paths['map']}: K={components}, σ = {metrics['sigma_A']:.2f} Å, "
                    f"correlation with the map {metrics['correlation_with_map']:.4f}, "
                    f"with it at {compare_resolution:g} Å (molmap) {metrics[f'correlation_with_map_molmap_{compare_resolution:g}A']:.4f}")
+
+    @gmm.command("initial-model")
+    def initial_model_cmd(
+        images: Path = typer.Argument(..., metavar="IMAGES", help="Class averages (MRC stack), centred; for the Poisson model non-negative (negative pixels count as empty)."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
+        model: str = typer.Option("poisson", help="poisson (Gibbs on binned images, thesis ch. 2-3) or gaussian (HMC, Gaussian noise, ch. 5)."),
+        restarts: int = typer.Option(4, help="Initial-stage runs; the one with the highest log-posterior is refined."),
+        initial_components: int = typer.Option(100, help="Pseudo-atoms K in the initial stage."),
+        components: int = typer.Option(None, help="Pseudo-atoms K in the refinement (default 1000 Poisson, 500 Gaussian)."),
+        initial_box: int = typer.Option(32, help="Box the images are Fourier-cropped to for the initial stage, px."),
+        box: int = typer.Option(None, help="Box for the refinement and the output map, px (default 64 Poisson, 50 Gaussian; at most the input's)."),
+        initial_counts: int = typer.Option(1000, help="Counts per image in the initial stage (Poisson)."),
+        counts: int = typer.Option(10_000, help="Counts per image in the refinement (Poisson)."),
+        rounds: int = typer.Option(10, help="Initial-stage rounds (mixture sweeps, a global rotation step, local rotation sweeps)."),
+        n_rotations: int = typer.Option(2000, help="Uniform rotations scored by each global rotation step."),
+        steps: int = typer.Option(300, help="Refinement sweeps."),
+        burn_in: int = typer.Option(None, help="Refinement sweeps before samples are kept (default: half)."),
+        thin: int = typer.Option(10, help="Keep every n-th sweep after the burn-in."),
+        checkpoint_every: int = typer.Option(25, help="Refinement sweeps between checkpoints (every restart is checkpointed)."),
+        pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (overrides the header)."),
+        resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt (same options required)."),
+        seed: int = typer.Option(0, help="Random seed."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+    ) -> None:
+        """Initial model from class averages: restarts of the initial stage ranked by log-posterior, then a refinement
+        with shifts; writes the posterior-mean map, its SD map, the other hand, pseudo-atoms and the images' poses."""
+        import time
+
+        import torch
+
+        from cryoscope.io.mrc import ParticleStack
+        from cryoscope.workflows.gmm_initial_model import InitialModelSettings, run_initial_model, write_initial_model
+
+        started = time.perf_counter()
+        stack = ParticleStack.open(images, pixel_size)
+        data = torch.as_tensor(stack[list(range(len(stack)))]).double()
+        settings = InitialModelSettings(model, restarts, initial_components, components, initial_box, box, initial_counts, counts,
+                                        rounds, n_rotations, steps, burn_in, thin, seed, checkpoint_every).resolved(stack.box)
+        params = {"command": "gmm initial-model", "images": str(images), "pixel_size": stack.pixel_size, **settings.__dict__}
+        out.mkdir(parents=True, exist_ok=True)
+        ref, metrics = run_initial_model(data, stack.pixel_size, settings, out, params, resume, progress)
+        metrics["seconds_this_run"] = time.perf_counter() - started
+        paths = write_initial_model(out, ref, images, data, stack.pixel_size, metrics, params)
+        best = metrics["restarts"][metrics["best_restart"]]
+        typer.echo(f"wrote {paths['map']}, {paths['star']} and {paths['pdb']}: best restart {metrics['best_restart'] + 1} "
+                   f"(log-posterior {best['log_posterior']:.1f}), σ = {metrics['sigma_A']:.2f} Å; the hand is not fixed by "
+                   f"projections (other hand: {paths['map_other_hand'].name})")
