@@ -49,14 +49,15 @@ def consensus_errors(estimates: torch.Tensor, truth: torch.Tensor) -> torch.Tens
     return best
 
 
-def run(state, data, truth, use_global: bool, n_rotations: int, rounds: int, local_steps: int, average: int, seed: int) -> dict:
+def run(state, data, truth, use_global: bool, n_rotations: int, rounds: int, local_steps: int, average: int, seed: int,
+        keep_current: bool = False) -> dict:
     g = torch.Generator().manual_seed(seed)
     p = truth.shape[0]
     poses = Poses(random_rotations(p, g, dtype=torch.float64), torch.zeros(p, 2, dtype=torch.float64))
     t0 = time.perf_counter()
-    for _ in range(rounds):
-        if use_global:
-            poses.rotations = global_rotations(state, poses, data, n_rotations, g)
+    for r in range(rounds):
+        if use_global:  # with keep_current, every global step after the first keeps each image's rotation a candidate
+            poses.rotations = global_rotations(state, poses, data, n_rotations, g, keep_current=keep_current and r > 0)
         for _ in range(local_steps):
             poses.rotations = draw_rotations(state, draw_latents(state, poses, data, g), poses, g)
     kept = []
@@ -66,7 +67,7 @@ def run(state, data, truth, use_global: bool, n_rotations: int, rounds: int, loc
     seconds = time.perf_counter() - t0
     mean_rot = torch.stack([chordal_mean(torch.stack([k[i] for k in kept])) for i in range(p)])
     err_mean, err_last = consensus_errors(mean_rot, truth), consensus_errors(poses.rotations, truth)
-    return {"global": use_global, "seed": seed, "seconds": seconds,
+    return {"global": use_global, "keep_current": keep_current, "seed": seed, "seconds": seconds,
             "within_2deg_posterior_mean": int((err_mean < 2).sum()), "within_2deg_last_sample": int((err_last < 2).sum()),
             "median_error_posterior_mean_deg": float(err_mean.median()), "median_error_last_sample_deg": float(err_last.median()),
             "errors_posterior_mean_deg": [round(float(e), 2) for e in err_mean]}
@@ -82,6 +83,8 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=150)
     ap.add_argument("--average", type=int, default=50)
     ap.add_argument("--restarts", type=int, default=3)
+    ap.add_argument("--keep-current", action="store_true", help="Global steps after the first keep each image's rotation among the candidates.")
+    ap.add_argument("--no-local-only", action="store_true", help="Skip the local-only runs.")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "gmm" / "rotations.json")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -101,8 +104,9 @@ def main() -> None:
            "local_steps": args.local_steps, "average": args.average, "runs": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in range(args.restarts):
-        for use_global in (True, False):
-            r = run(state, data, truth, use_global, args.n_rotations, args.rounds, args.local_steps, args.average, seed)
+        for use_global in (True,) if args.no_local_only else (True, False):
+            r = run(state, data, truth, use_global, args.n_rotations, args.rounds, args.local_steps, args.average, seed,
+                    args.keep_current)
             print(json.dumps(r), flush=True)
             out["runs"].append(r)
             args.out.write_text(json.dumps(out, indent=1))  # after every run: partial results survive

@@ -24,7 +24,7 @@ from cryoscope.bayes.gaussian_model import (
     unit_images,
 )
 from cryoscope.bayes.hmc import StepSize, energy_and_gradient, hmc_step, metropolis_step
-from cryoscope.bayes.projected import Poses
+from cryoscope.bayes.projected import Poses, draw_candidates
 from cryoscope.geometry.rotations import axis_angle_derivative, axis_angle_to_matrix
 from cryoscope.geometry.sampling import random_rotations
 
@@ -174,9 +174,12 @@ def rotation_energies(state: GaussianState, candidates: torch.Tensor, poses: Pos
 
 
 def global_rotations(state: GaussianState, poses: Poses, data: ImageSet, n_rotations: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per image from p(R_i | rest) restricted to `n_rotations` uniform rotations (the global step of
-    thesis §3.3, applied to the Gaussian model)."""
+                     generator: torch.Generator | None = None, keep_current: bool = False) -> torch.Tensor:
+    """The global step of thesis §3.3 applied to the Gaussian model: each image draws from p(R_i | rest)
+    restricted to `n_rotations` fresh uniform rotations, and its current one with `keep_current` (see
+    `projected.global_rotations`)."""
     candidates = random_rotations(n_rotations, generator, dtype=state.means.dtype)
-    probs = torch.softmax(-rotation_energies(state, candidates, poses, data), 0).T
-    return candidates[torch.multinomial(probs, 1, generator=generator).squeeze(1)]
+    energies = rotation_energies(state, candidates, poses, data)
+    if keep_current:
+        energies = torch.cat([torch.diagonal(rotation_energies(state, poses.rotations, poses, data))[None], energies])
+    return draw_candidates(-energies, poses.rotations if keep_current else None, candidates, generator)

@@ -156,12 +156,27 @@ def rotation_scores(state: MixtureState, candidates: torch.Tensor, shifts: torch
 
 
 def global_rotations(state: MixtureState, poses: Poses, data: BinnedImages, n_rotations: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per image from the discrete approximation of p(R_i | θ, D) on `n_rotations` uniform rotations (eq. 3.9)."""
+                     generator: torch.Generator | None = None, keep_current: bool = False) -> torch.Tensor:
+    """The global step (thesis §3.3, eq. 3.9): each image draws its rotation from p(R_i | θ, D) restricted to
+    `n_rotations` fresh uniform rotations (the thesis: a forced jump, which explores while the mixture is still
+    wrong), or with `keep_current` to those and its current rotation. The latter is an exact MCMC move (an ensemble
+    move with independent uniform proposals): an image leaves a good rotation only for a candidate that explains
+    it about as well."""
     candidates = random_rotations(n_rotations, generator, dtype=state.means.dtype)
-    scores = rotation_scores(state, candidates, poses.shifts, data)
-    probs = torch.softmax(scores, 0).T  # [P, M]
-    return candidates[torch.multinomial(probs, 1, generator=generator).squeeze(1)]
+    scores = rotation_scores(state, candidates, poses.shifts, data)  # [M, P]
+    if keep_current:
+        scores = torch.cat([torch.diagonal(rotation_scores(state, poses.rotations, poses.shifts, data))[None], scores])
+    return draw_candidates(scores, poses.rotations if keep_current else None, candidates, generator)
+
+
+def draw_candidates(log_weights: torch.Tensor, current: torch.Tensor | None, candidates: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per image i, a draw from softmax(log_weights[:, i]) over the shared candidates [M, 3, 3], preceded (row 0)
+    by the images' current rotations [P, 3, 3] when `current` is given."""
+    pick = torch.multinomial(torch.softmax(log_weights, 0).T, 1, generator=generator).squeeze(1)  # [P]
+    if current is None:
+        return candidates[pick]
+    return torch.where((pick == 0)[:, None, None], current, candidates[(pick - 1).clamp_min(0)])
 
 
 def log_posterior(state: MixtureState, log_likelihood: torch.Tensor, prior: MixturePrior) -> torch.Tensor:
