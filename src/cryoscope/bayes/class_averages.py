@@ -217,7 +217,7 @@ class DefocusFrames:
 
 
 def defocus_frames(
-    images: torch.Tensor,
+    images,
     psi: torch.Tensor,
     origins_px: torch.Tensor,
     classes: torch.Tensor,
@@ -228,33 +228,38 @@ def defocus_frames(
 ) -> DefocusFrames:
     """Defocus averages of aligned particles (thesis Fig. 4.5): origin and psi undone, averaged per class and group.
 
-    images [n, N, N]; psi [n] degrees (RELION rlnAnglePsi; rot = tilt = 0); origins_px [n, 2] (x, y) RELION
-    origins in pixels; classes [n] integer class ids; ctf: `CTFParams` of the n particles; pixel_size Å;
-    defocus groups: `group_by_defocus` of the mean defocus (defocus_u + defocus_v) / 2 over all particles.
-    A frame's mean CTF is exact for the expectation of its mean image (E z̄ = C̄ · Y); its weight is the count.
+    images: [n, N, N] tensor, or a lazy stack that `len()` and slices read (`io.mrc.ParticleStack`: read in
+    batches, so the stack need not fit in memory); psi [n] degrees (RELION rlnAnglePsi; rot = tilt = 0);
+    origins_px [n, 2] (x, y) RELION origins in pixels; classes [n] integer class ids; ctf: `CTFParams` of the n
+    particles; pixel_size Å; defocus groups: `group_by_defocus` of the mean defocus (defocus_u + defocus_v) / 2 over
+    all particles. A frame's mean CTF is exact for the expectation of its mean image (E z̄ = C̄ · Y); its weight is
+    the count. Sums are accumulated in float64; frames come back in the images' dtype.
     """
-    n, box = images.shape[0], images.shape[-1]
-    if images.dim() != 3 or images.shape[-2] != box:
-        raise InvalidValueError(f"particle images must be [n, N, N], got {tuple(images.shape)}")
+    n = len(images)
+    first = torch.as_tensor(images[0:1])
+    box, dtype, device = first.shape[-1], first.dtype, first.device
+    if first.dim() != 3 or first.shape[-2] != box:
+        raise InvalidValueError(f"particle images must be [n, N, N], got {tuple(first.shape)}")
     if psi.shape != (n,) or origins_px.shape != (n, 2) or classes.shape != (n,) or len(ctf) != n:
         raise InvalidValueError(f"psi [n], origins [n, 2], classes [n] and CTFs must be given for all {n} particles")
     groups = group_by_defocus((ctf.defocus_u + ctf.defocus_v) / 2, n_defocus_groups)
     class_ids, class_index = torch.unique(classes, return_inverse=True)
     n_groups = int(groups.max()) + 1
-    frame_index = (class_index * n_groups + groups).to(images.device)
+    frame_index = (class_index * n_groups + groups).to(device)
     m = len(class_ids) * n_groups
-    sums = images.new_zeros(m, box, box)
-    ctf_sums = images.new_zeros(m, box, box)
+    sums = torch.zeros(m, box, box, dtype=torch.float64, device=device)
+    ctf_sums = torch.zeros_like(sums)
     for lo in range(0, n, batch_size):
         sl = slice(lo, lo + batch_size)
-        unshifted = ifft2c(translate(fft2c(images[sl]), origins_px[sl].to(images.dtype))).real
-        sums.index_add_(0, frame_index[sl], rotate_images(unshifted, psi[sl]))
-        ctf_sums.index_add_(0, frame_index[sl], aligned_ctf(ctf[sl].to(images.device), psi[sl], box, pixel_size, images.dtype))
+        batch = torch.as_tensor(images[sl]).to(device, torch.float64)
+        unshifted = ifft2c(translate(fft2c(batch), origins_px[sl].to(device, torch.float64))).real
+        sums.index_add_(0, frame_index[sl], rotate_images(unshifted, psi[sl].to(device)))
+        ctf_sums.index_add_(0, frame_index[sl], aligned_ctf(ctf[sl].to(device), psi[sl].to(device), box, pixel_size, torch.float64))
     counts = torch.bincount(frame_index, minlength=m)
     keep = counts > 0
-    mean = counts[keep].to(images.dtype)[:, None, None]
-    frame_class = class_ids.to(images.device).repeat_interleave(n_groups)
-    return DefocusFrames(sums[keep] / mean, ctf_sums[keep] / mean, counts[keep], frame_class[keep])
+    mean = counts[keep].to(torch.float64)[:, None, None]
+    frame_class = class_ids.to(device).repeat_interleave(n_groups)
+    return DefocusFrames((sums[keep] / mean).to(dtype), (ctf_sums[keep] / mean).to(dtype), counts[keep], frame_class[keep])
 
 
 def _deconvolve_classes(frames: DefocusFrames, class_ids: torch.Tensor, shifts: torch.Tensor, **options) -> torch.Tensor:
