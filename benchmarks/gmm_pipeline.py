@@ -15,16 +15,14 @@ import time
 from pathlib import Path
 
 import torch
-from gmm_rotations import MAP, consensus_errors
+from gmm_rotations import MAP, restart_row, score_refinement
 
-from cryoscope.bayes.fit_map import posterior_maps, render
 from cryoscope.bayes.pipeline import initial_stage, refinement_stage
 from cryoscope.bayes.projected import BinnedImages
 from cryoscope.geometry.sampling import random_rotations
 from cryoscope.io.mrc import read_map, write_map
-from cryoscope.physics.filters import fourier_resize, gaussian_lowpass
+from cryoscope.physics.filters import fourier_resize
 from cryoscope.physics.projection import project
-from cryoscope.validation.align import fsc_after_alignment
 
 
 def main() -> None:
@@ -52,10 +50,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = initial_stage(data_i, args.initial_components, rounds=args.rounds, n_rotations=args.n_rotations,
                             generator=torch.Generator().manual_seed(seed))
-        err = consensus_errors(res.poses.rotations, truth_rot)
-        row = {"seed": seed, "seconds": time.perf_counter() - t0, "log_posterior": res.final_log_posterior,
-               "within_5deg": int((err < 5).sum()), "within_15deg": int((err < 15).sum()), "median_error_deg": float(err.median())}
-        print(json.dumps(row), flush=True)
+        row = restart_row(seed, time.perf_counter() - t0, res, truth_rot)
         out["restarts"].append(row)
         if best is None or res.final_log_posterior > best.final_log_posterior:
             best = res
@@ -63,20 +58,9 @@ def main() -> None:
     ref = refinement_stage(data_r, args.components, best.poses, steps=args.steps, burn_in=args.steps // 2, thin=10,
                            generator=torch.Generator().manual_seed(100))
     out["refine_seconds"] = time.perf_counter() - t0
-    n, v = sizes["refine"], px["refine"]
-    truth = vols["refine"]
-    reference = gaussian_lowpass(truth, args.reference_resolution, v)
-    mass = float(truth.sum())
-    mean_map = posterior_maps([s for s, _ in ref.samples], n, v, mass)[0]
-    one = render(ref.samples[-1][0], n, v, mass)
-    for name, vol in (("posterior_mean", mean_map), ("single_sample", one)):
-        a = fsc_after_alignment(vol, reference, voxel_size=v)
-        out[name] = {"fsc_0.5_A": a.resolution_05, "fsc_0.143_A": a.resolution_0143, "cc": a.alignment.cc,
-                     "hand_flipped": bool(a.alignment.flipped)}
-        print(name, json.dumps(out[name]), flush=True)
-    err = consensus_errors(ref.poses.rotations, truth_rot)
-    out["refined_rotations"] = {"within_2deg": int((err < 2).sum()), "median_error_deg": float(err.median())}
-    out["sigma_A"] = ref.state.sigma
+    v = px["refine"]
+    scores, mean_map = score_refinement(ref, [st for st, _ in ref.samples], vols["refine"], truth_rot, v, args.reference_resolution)
+    out.update(scores)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_map(args.out.with_suffix(".mrc"), mean_map.float(), v)
     args.out.write_text(json.dumps(out, indent=1))

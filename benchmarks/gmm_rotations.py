@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from cryoscope.bayes.fit_map import fit_map, render
+from cryoscope.bayes.fit_map import fit_map, posterior_maps, render
 from cryoscope.bayes.projected import BinnedImages, Poses, draw_latents, draw_rotations, global_rotations
 from cryoscope.geometry.matrix_fisher import proper_svd
 from cryoscope.geometry.rotations import geodesic_distance
 from cryoscope.geometry.sampling import random_rotations
 from cryoscope.io.mrc import read_map
-from cryoscope.physics.filters import fourier_resize
+from cryoscope.physics.filters import fourier_resize, gaussian_lowpass
 from cryoscope.physics.projection import project
+from cryoscope.validation.align import fsc_after_alignment
 
 MAP = Path(__file__).resolve().parents[1] / "tests" / "data" / "maps" / "ribosome70S_65.mrc"
 
@@ -47,6 +48,36 @@ def consensus_errors(estimates: torch.Tensor, truth: torch.Tensor) -> torch.Tens
         if best is None or float(err.median()) < float(best.median()):
             best = err
     return best
+
+
+def restart_row(seed: int, seconds: float, res, truth: torch.Tensor) -> dict:
+    """One initial-stage restart scored against the true rotations (printed and returned)."""
+    err = consensus_errors(res.poses.rotations, truth)
+    row = {"seed": seed, "seconds": seconds, "log_posterior": res.final_log_posterior, "within_5deg": int((err < 5).sum()),
+           "within_15deg": int((err < 15).sum()), "median_error_deg": float(err.median()), "sigma_A": res.state.sigma}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def score_refinement(ref, mixtures: list, truth_map: torch.Tensor, truth_rot: torch.Tensor, voxel_size: float,
+                     reference_resolution: float) -> tuple[dict, torch.Tensor]:
+    """FSC after alignment of the posterior mean (of `mixtures`, weights summing to 1) and of the last sample against
+    the truth low-passed molmap-style, and the refined rotations' errors; returns (scores, posterior-mean map)."""
+    box = truth_map.shape[-1]
+    reference = gaussian_lowpass(truth_map, reference_resolution, voxel_size)
+    mass = float(truth_map.sum())
+    mean_map = posterior_maps(mixtures, box, voxel_size, mass)[0]
+    out = {}
+    for name, vol in (("posterior_mean", mean_map), ("single_sample", render(mixtures[-1], box, voxel_size, mass))):
+        a = fsc_after_alignment(vol, reference, voxel_size=voxel_size)
+        out[name] = {"fsc_0.5_A": a.resolution_05, "fsc_0.143_A": a.resolution_0143, "cc": a.alignment.cc,
+                     "hand_flipped": bool(a.alignment.flipped)}
+        print(name, json.dumps(out[name]), flush=True)
+    err = consensus_errors(ref.poses.rotations, truth_rot)
+    out["refined_rotations"] = {"within_2deg": int((err < 2).sum()), "within_5deg": int((err < 5).sum()),
+                                "median_error_deg": float(err.median())}
+    out["sigma_A"] = ref.state.sigma
+    return out, mean_map
 
 
 def run(state, data, truth, use_global: bool, n_rotations: int, rounds: int, local_steps: int, average: int, seed: int,

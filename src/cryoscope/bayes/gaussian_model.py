@@ -66,10 +66,12 @@ class GaussianState:
     def clone(self) -> GaussianState:
         return GaussianState(self.means.clone(), self.precision.clone(), self.scale.clone(), self.noise_precision.clone())
 
-    def as_mixture(self) -> MixtureState:
-        """The density as a `MixtureState` whose weights are the components' masses λ (2π/s)^(3/2) (for rendering)."""
-        mass = self.scale * (2 * math.pi / self.precision) ** 1.5
-        return MixtureState(self.means, self.precision, mass.expand(self.means.shape[0]).clone())
+    def as_mixture(self, normalised: bool = False) -> MixtureState:
+        """The density as a `MixtureState` whose weights are the components' masses λ (2π/s)^(3/2) (for rendering),
+        or with `normalised` equal weights 1/K (the shape only)."""
+        k = self.means.shape[0]
+        mass = torch.full((k,), 1 / k, dtype=self.means.dtype) if normalised else (self.scale * (2 * math.pi / self.precision) ** 1.5).expand(k).clone()
+        return MixtureState(self.means, self.precision, mass)
 
 
 @dataclass

@@ -185,10 +185,8 @@ def fix_gauge(state, poses: Poses):
 
 
 def _mixture(state) -> MixtureState:
-    """A MixtureState with weights summing to 1 (a Gaussian-model state as masses λ (2π/s)^(3/2), normalised)."""
-    mix = state.as_mixture() if isinstance(state, GaussianState) else state.clone()
-    mix.weights = mix.weights / mix.weights.sum()
-    return mix
+    """A MixtureState with weights summing to 1."""
+    return state.as_mixture(normalised=True) if isinstance(state, GaussianState) else state
 
 
 def chordal_mean(rotations: torch.Tensor) -> torch.Tensor:
