@@ -57,3 +57,12 @@ def test_pixels_far_from_every_component_are_evaluated_exactly():
     counts[1, 0, 1] = 2
     _check_moments(counts, centres, torch.full((k,), 1 / k, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64),
                    px, draws=100, compute_dtype=torch.float32)
+
+
+def test_bins_of_zero_mass_are_never_drawn():
+    from cryoscope.bayes.image_assignments import _draw_level
+
+    cdf = torch.tensor([[0.0, 0.0, 1.0, 1.0, 3.0, 3.0]]).expand(200_000, -1).contiguous()  # masses 0, 0, 1, 0, 2, 0
+    hits = torch.bincount(_draw_level(cdf, torch.Generator().manual_seed(0)), minlength=6)
+    assert hits[[0, 1, 3, 5]].sum() == 0
+    assert abs(float(hits[2]) / 200_000 - 1 / 3) < 5 * (2 / 9 / 200_000) ** 0.5

@@ -86,9 +86,13 @@ def _level_sizes(k: int) -> tuple[int, int, int]:
 
 
 def _draw_level(cdf_rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Index of the bin of one uniform draw per row of running sums [C, b] (inverse CDF)."""
+    """Index of the bin of one uniform draw per row of running sums [C, b] (inverse CDF): the first bin whose running
+    sum exceeds u · total, with u · total kept below the total, so that bins of zero mass are never drawn (rows of
+    zero total, which the caller discards, give the last bin)."""
     u = torch.rand(cdf_rows.shape[0], 1, generator=generator, dtype=cdf_rows.dtype, device=cdf_rows.device)
-    return (cdf_rows < u * cdf_rows[:, -1:]).sum(-1).clamp_max_(cdf_rows.shape[1] - 1)
+    top = cdf_rows[:, -1:]
+    target = torch.minimum(u * top, torch.nextafter(top, torch.zeros_like(top)))
+    return (cdf_rows <= target).sum(-1).clamp_max_(cdf_rows.shape[1] - 1)
 
 
 def image_assignment_stats(
