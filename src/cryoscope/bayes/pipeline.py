@@ -21,6 +21,7 @@ from cryoscope.bayes.projected import (
     draw_shifts,
     global_rotations,
     log_posterior,
+    symmetric_copies,
 )
 from cryoscope.geometry.sampling import random_rotations
 
@@ -54,8 +55,10 @@ def initial_stage(
     prior: MixturePrior | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int], None] | None = None,
+    group: torch.Tensor | None = None,
 ) -> StageResult:
-    """One run of the initial stage from a mixture and rotations drawn from the prior; shifts stay 0."""
+    """One run of the initial stage from a mixture and rotations drawn from the prior; shifts stay 0. With a point
+    `group` ([G, 3, 3], `geometry.symmetry`) the state is the asymmetric unit of n_components components."""
     prior = prior or data_prior(data)
     p = data.n_images
     state = draw_from_prior(n_components, 3, prior, generator)
@@ -63,14 +66,15 @@ def initial_stage(
     res = StageResult(state, poses)
     for r in range(rounds):
         for _ in range(mixture_steps):
-            stats = draw_latents(state, poses, data, generator)
+            stats = draw_latents(symmetric_copies(state, group), poses, data, generator)
             res.log_posterior.append(float(log_posterior(state, stats.log_likelihood, prior)))
-            state = draw_mixture(state, stats, poses, prior, generator)
-        poses.rotations = global_rotations(state, poses, data, n_rotations, generator)
+            state = draw_mixture(state, stats, poses, prior, generator, group)
+        full = symmetric_copies(state, group)
+        poses.rotations = global_rotations(full, poses, data, n_rotations, generator)
         for _ in range(local_steps):
-            stats = draw_latents(state, poses, data, generator)
+            stats = draw_latents(full, poses, data, generator)
             res.log_posterior.append(float(log_posterior(state, stats.log_likelihood, prior)))
-            poses.rotations = draw_rotations(state, stats, poses, generator)
+            poses.rotations = draw_rotations(full, stats, poses, generator)
         if callback is not None:
             callback(r)
     res.state, res.poses = state, poses
@@ -89,11 +93,12 @@ def refinement_stage(
     generator: torch.Generator | None = None,
     callback: Callable[[int, StageResult], None] | None = None,
     resume: StageResult | None = None,
+    group: torch.Tensor | None = None,
 ) -> StageResult:
     """Full Gibbs sweeps (assignments and depths, w, μ, s, rotations, shifts) from a new mixture drawn from the prior
     and the initial stage's rotations; keeps every `thin`-th (state, poses) after `burn_in` sweeps. `callback(step,
     result)` runs after every sweep (e.g. to checkpoint); `resume` continues a partial result (with the generator
-    restored to its state at that point, the run ends as an uninterrupted one)."""
+    restored to its state at that point, the run ends as an uninterrupted one). `group`: as in `initial_stage`."""
     prior = prior or data_prior(data)
     if resume is None:
         res = StageResult(draw_from_prior(n_components, 3, prior, generator), poses.clone())
@@ -101,12 +106,13 @@ def refinement_stage(
         res = resume
     state, poses = res.state, res.poses
     for step in range(len(res.log_posterior), steps):
-        stats = draw_latents(state, poses, data, generator)
+        stats = draw_latents(symmetric_copies(state, group), poses, data, generator)
         res.log_posterior.append(float(log_posterior(state, stats.log_likelihood, prior)))
-        state = draw_mixture(state, stats, poses, prior, generator)
-        poses.rotations = draw_rotations(state, stats, poses, generator)
+        state = draw_mixture(state, stats, poses, prior, generator, group)
+        full = symmetric_copies(state, group)
+        poses.rotations = draw_rotations(full, stats, poses, generator)
         if shifts:
-            poses.shifts = draw_shifts(state, stats, poses, generator=generator)
+            poses.shifts = draw_shifts(full, stats, poses, generator=generator)
         if step >= burn_in and (step - burn_in) % thin == 0:
             res.samples.append((state.clone(), poses.clone()))
         res.state, res.poses = state, poses

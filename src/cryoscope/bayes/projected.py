@@ -102,14 +102,30 @@ def _centred_sums(stats: LatentStats, poses: Poses) -> torch.Tensor:
     return stats.nu - stats.n[..., None] * t3[:, None, :]
 
 
+def symmetric_copies(state: MixtureState, group: torch.Tensor | None) -> MixtureState:
+    """The whole mixture of an asymmetric unit `state` under a point group [G, 3, 3] (`geometry.symmetry`): means
+    G_g μ_k [G K, 3] (copy-major) and weights w_k / G; `state` itself when `group` is None."""
+    if group is None:
+        return state
+    means = torch.einsum("gij,kj->gki", group.to(state.means.dtype), state.means).reshape(-1, 3)
+    return MixtureState(means, state.precision, state.weights.repeat(group.shape[0]) / group.shape[0])
+
+
 def draw_mixture(state: MixtureState, stats: LatentStats, poses: Poses, prior: MixturePrior,
-                 generator: torch.Generator | None = None) -> MixtureState:
-    """w, μ (eq. C.56: back-projected sums Σ_i R_iᵀ (ν_ik - N_ik t_i)) and s (eqs. C.63-C.64)."""
+                 generator: torch.Generator | None = None, group: torch.Tensor | None = None) -> MixtureState:
+    """w, μ (eq. C.56: back-projected sums Σ_i R_iᵀ (ν_ik - N_ik t_i)) and s (eqs. C.63-C.64).
+
+    With a point `group`, `state` is the asymmetric unit and `stats` belong to its `symmetric_copies`: the counts
+    and sums of copy g of component k are rotated back by G_gᵀ and pooled (copy g of μ_k is G_g μ_k)."""
     back = torch.einsum("pji,pkj->ki", poses.rotations, _centred_sums(stats, poses))
     n_k = stats.n.sum(0)
+    if group is not None:
+        g = group.shape[0]
+        back = torch.einsum("gji,gkj->ki", group.to(back.dtype), back.reshape(g, -1, 3))
+        n_k = n_k.reshape(g, -1).sum(0)
     weights = draw_weights(n_k, prior, generator)
     means = draw_means(n_k, back, state.precision, prior, generator)
-    c = transformed_centres(means, poses)
+    c = transformed_centres(symmetric_copies(MixtureState(means, state.precision, weights), group).means, poses)
     ssr = (stats.ss - 2 * (c * stats.nu).sum(-1) + stats.n * (c * c).sum(-1)).sum()
     precision = draw_precision(ssr, n_k.sum(), means, prior, generator)
     return MixtureState(means, precision, weights)

@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
         burn_in: int = typer.Option(None, help="Refinement sweeps before samples are kept (default: half)."),
         thin: int = typer.Option(10, help="Keep every n-th sweep after the burn-in."),
         checkpoint_every: int = typer.Option(25, help="Refinement sweeps between checkpoints (every restart is checkpointed)."),
+        symmetry: str = typer.Option("C1", "--sym", help="Point group (RELION names: C1, Cn, Dn, T, O, I); Poisson model; K counts the asymmetric unit."),
         pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (overrides the header)."),
         resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt (same options required)."),
         seed: int = typer.Option(0, help="Random seed."),
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         stack = ParticleStack.open(images, pixel_size)
         data = torch.as_tensor(stack[list(range(len(stack)))]).double()
         settings = InitialModelSettings(model, restarts, initial_components, components, initial_box, box, initial_counts, counts,
-                                        rounds, n_rotations, steps, burn_in, thin, seed, checkpoint_every).resolved(stack.box)
+                                        rounds, n_rotations, steps, burn_in, thin, seed, checkpoint_every, symmetry).resolved(stack.box)
         params = {"command": "gmm initial-model", "images": str(images), "pixel_size": stack.pixel_size, **settings.__dict__}
         out.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings(record=True) as caught:
@@ -85,7 +86,7 @@ def register(app: typer.Typer) -> None:
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         metrics["seconds_this_run"] = time.perf_counter() - started
-        paths = write_initial_model(out, ref, images, data, stack.pixel_size, metrics, params)
+        paths = write_initial_model(out, ref, images, data, stack.pixel_size, metrics, params, settings.group)
         best = metrics["restarts"][metrics["best_restart"]]
         typer.echo(f"wrote {paths['map']}, {paths['star']} and {paths['pdb']}: best restart {metrics['best_restart'] + 1} "
                    f"(log-posterior {best['log_posterior']:.1f}), σ = {metrics['sigma_A']:.2f} Å; the hand is not fixed by "

@@ -20,10 +20,11 @@ from cryoscope.bayes.gaussian_sampler import Tuning
 from cryoscope.bayes.hmc import StepSize
 from cryoscope.bayes.mixture import MixtureState
 from cryoscope.bayes.pipeline import StageResult
-from cryoscope.bayes.projected import BinnedImages, Poses
+from cryoscope.bayes.projected import BinnedImages, Poses, symmetric_copies
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.matrix_fisher import proper_svd
 from cryoscope.geometry.resample import flip_hand
+from cryoscope.geometry.symmetry import symmetry_group
 from cryoscope.io.checkpoint import CheckpointDir, generator_state, restore_generator
 from cryoscope.io.metadata import ParticleMetadata
 from cryoscope.io.mrc import write_map
@@ -54,6 +55,7 @@ class InitialModelSettings:
     thin: int = 10
     seed: int = 0
     checkpoint_every: int = 25
+    symmetry: str = "C1"
 
     def resolved(self, input_box: int) -> InitialModelSettings:
         """Defaults filled in (K = 1000 and box 64 for Poisson, 500 and 50 for Gaussian, as in the thesis; never
@@ -69,7 +71,15 @@ class InitialModelSettings:
             raise InvalidValueError(f"burn-in must be in [0, steps), got {s.burn_in} for {s.steps} steps")
         if s.initial_box > input_box or s.initial_box < 8:
             raise InvalidValueError(f"initial box must be in [8, {input_box}] px, got {s.initial_box}")
+        symmetry_group(s.symmetry)  # a clear error for an unknown or improper group
+        if not poisson and s.symmetry.upper() != "C1":
+            raise InvalidValueError("point-group symmetry is implemented for the Poisson model only")
         return s
+
+    @property
+    def group(self) -> torch.Tensor | None:
+        """The point group's rotations [G, 3, 3], or None for C1."""
+        return None if self.symmetry.upper() == "C1" else symmetry_group(self.symmetry)
 
 
 def _seed(settings: InitialModelSettings, stream: int) -> torch.Generator:
@@ -131,8 +141,9 @@ def run_initial_model(images: torch.Tensor, pixel_size: float, settings: Initial
     bar.update(len(saved["restarts"]) * settings.rounds)
     for r in range(len(saved["restarts"]), settings.restarts):
         t0 = time.perf_counter()
+        sym = {} if settings.group is None else {"group": settings.group}
         res = engine.initial_stage(data_i, settings.initial_components, rounds=settings.rounds, n_rotations=settings.n_rotations,
-                                   generator=_seed(settings, r), callback=lambda _: bar.update(1))
+                                   generator=_seed(settings, r), callback=lambda _: bar.update(1), **sym)
         saved["restarts"].append({"result": _result_to_dict(res), "seconds": time.perf_counter() - t0})
         ckpt.save(r, saved)
     ranked = [float(x["result"]["log_posterior"][-1]) for x in saved["restarts"]]
@@ -156,7 +167,7 @@ def run_initial_model(images: torch.Tensor, pixel_size: float, settings: Initial
 
     common = dict(steps=settings.steps, burn_in=settings.burn_in, thin=settings.thin, generator=g, callback=checkpoint, resume=resume_ref)
     if settings.model == "poisson":
-        ref = pipeline.refinement_stage(data_r, settings.components, start.poses, **common)
+        ref = pipeline.refinement_stage(data_r, settings.components, start.poses, group=settings.group, **common)
     else:
         ref = gaussian_pipeline.refinement_stage(data_r, settings.components, start, **common)
     bar.close()
@@ -169,7 +180,9 @@ def run_initial_model(images: torch.Tensor, pixel_size: float, settings: Initial
         "n_samples": len(ref.samples),
         "refine_box": data_r.box,
         "refine_pixel_size_A": data_r.pixel_size,
-        "gauge": "map and rotations are given in the frame where the first image has rot = tilt = psi = 0",
+        "gauge": ("map and rotations are given in the frame where the first image has rot = tilt = psi = 0"
+                  if settings.group is None else f"symmetry axes of {settings.symmetry} in RELION's convention"),
+        "symmetry": settings.symmetry,
         "hand": "projections do not fix the hand: map.mrc and map_other_hand.mrc fit the images equally",
         "log_posterior_trace": ref.log_posterior,
     }
@@ -184,9 +197,9 @@ def fix_gauge(state, poses: Poses):
     return state, Poses(poses.rotations @ r1.T, poses.shifts.clone())
 
 
-def _mixture(state) -> MixtureState:
-    """A MixtureState with weights summing to 1."""
-    return state.as_mixture(normalised=True) if isinstance(state, GaussianState) else state
+def _mixture(state, group: torch.Tensor | None) -> MixtureState:
+    """The whole mixture (all symmetry copies) as a MixtureState with weights summing to 1."""
+    return state.as_mixture(normalised=True) if isinstance(state, GaussianState) else symmetric_copies(state, group)
 
 
 def chordal_mean(rotations: torch.Tensor) -> torch.Tensor:
@@ -196,20 +209,21 @@ def chordal_mean(rotations: torch.Tensor) -> torch.Tensor:
 
 
 def write_initial_model(out: Path, ref: StageResult, images_path: Path, images: torch.Tensor, pixel_size: float,
-                        metrics: dict, params: dict) -> dict[str, Path]:
+                        metrics: dict, params: dict, group: torch.Tensor | None = None) -> dict[str, Path]:
     """Posterior-mean map (scaled so its projections hold the images' mean positive mass), its per-voxel SD map and
     the other hand; pseudo-atoms of the last sample; the input images' rotations (chordal posterior mean) and shifts
-    (posterior mean) as a STAR file; params and metrics."""
+    (posterior mean) as a STAR file; params and metrics. Without symmetry (`group` None) the gauge is fixed so that
+    the first image has rot = tilt = psi = 0; with it, the symmetry axes fix the frame."""
     n_images = images.shape[0]
     image_mass = float(images.double().clamp_min(0).sum((-1, -2)).mean())
-    samples = [fix_gauge(s, p) for s, p in ref.samples]
+    samples = [fix_gauge(s, p) if group is None else (s, p) for s, p in ref.samples]
     box, px = metrics["refine_box"], metrics["refine_pixel_size_A"]
-    mean, sd = posterior_maps([_mixture(s) for s, _ in samples], box, px, image_mass)
+    mean, sd = posterior_maps([_mixture(s, group) for s, _ in samples], box, px, image_mass)
     paths = {name: out / f"{name}.mrc" for name in ("map", "map_sd", "map_other_hand")}
     write_map(paths["map"], mean.float(), px, protect=(images_path,))
     write_map(paths["map_sd"], sd.float(), px, protect=(images_path,))
     write_map(paths["map_other_hand"], flip_hand(mean).float(), px, protect=(images_path,))
-    last = _mixture(samples[-1][0])
+    last = _mixture(samples[-1][0], group)
     paths["pdb"] = out / "pseudoatoms.pdb"
     write_pseudoatoms(paths["pdb"], last.means + (box // 2) * px, last.weights, last.sigma, protect=(images_path,))
     rotations = chordal_mean(torch.stack([p.rotations for _, p in samples]))
