@@ -18,7 +18,7 @@ import torch
 
 from cryoscope.bayes.fit_map import fit_map, posterior_maps, render
 from cryoscope.bayes.projected import BinnedImages, Poses, draw_latents, draw_rotations, global_rotations
-from cryoscope.geometry.matrix_fisher import proper_svd
+from cryoscope.geometry.matrix_fisher import chordal_mean
 from cryoscope.geometry.rotations import geodesic_distance
 from cryoscope.geometry.sampling import random_rotations
 from cryoscope.io.mrc import read_map
@@ -27,12 +27,6 @@ from cryoscope.physics.projection import project
 from cryoscope.validation.align import fsc_after_alignment
 
 MAP = Path(__file__).resolve().parents[1] / "tests" / "data" / "maps" / "ribosome70S_65.mrc"
-
-
-def chordal_mean(rotations: torch.Tensor) -> torch.Tensor:
-    """Rotation nearest (Frobenius) to the mean of rotations [n, 3, 3]."""
-    u, _, v = proper_svd(rotations.mean(0))
-    return u @ v.T
 
 
 def consensus_errors(estimates: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -96,7 +90,7 @@ def run(state, data, truth, use_global: bool, n_rotations: int, rounds: int, loc
         poses.rotations = draw_rotations(state, draw_latents(state, poses, data, g), poses, g)
         kept.append(poses.rotations)
     seconds = time.perf_counter() - t0
-    mean_rot = torch.stack([chordal_mean(torch.stack([k[i] for k in kept])) for i in range(p)])
+    mean_rot = chordal_mean(torch.stack(kept))
     err_mean, err_last = consensus_errors(mean_rot, truth), consensus_errors(poses.rotations, truth)
     return {"global": use_global, "keep_current": keep_current, "seed": seed, "seconds": seconds,
             "within_2deg_posterior_mean": int((err_mean < 2).sum()), "within_2deg_last_sample": int((err_last < 2).sum()),

@@ -52,3 +52,14 @@ def test_gamma_and_dirichlet_draws_have_their_moments():
     w = dirichlet(alpha.expand(100000, 3), g)
     assert torch.allclose(w.sum(-1), torch.ones(100000, dtype=torch.float64))
     assert torch.allclose(w.mean(0), alpha / alpha.sum(), atol=3e-3)
+
+
+def test_chordal_mean_of_rotations_spread_symmetrically_about_r_is_r():
+    from cryoscope.geometry.matrix_fisher import chordal_mean
+    from cryoscope.geometry.sampling import random_rotations
+
+    g = torch.Generator().manual_seed(0)
+    r = random_rotations(2, g, dtype=torch.float64)
+    v = torch.randn(50, 2, 3, generator=g, dtype=torch.float64) * 0.3
+    spread = torch.cat([axis_angle_to_matrix(v), axis_angle_to_matrix(-v)]) @ r  # pairs exp(±v) R
+    assert torch.allclose(chordal_mean(spread), r, atol=1e-12)

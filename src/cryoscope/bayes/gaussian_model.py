@@ -110,8 +110,6 @@ class ImageSet:
     def n_pixels(self) -> int:
         return self.images.shape[0] * self.box**2
 
-    def select(self, index: torch.Tensor) -> ImageSet:
-        return ImageSet(self.images[index], self.pixel_size, None if self.ctf is None else self.ctf[index])
 
 
 def unit_images(means: torch.Tensor, precision, rotations: torch.Tensor, shifts: torch.Tensor, data: ImageSet,

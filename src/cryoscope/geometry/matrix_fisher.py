@@ -33,6 +33,13 @@ def proper_svd(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return U, d * torch.stack([last[..., 0], last[..., 1], su * sv], -1), V
 
 
+def chordal_mean(rotations: torch.Tensor) -> torch.Tensor:
+    """Rotation nearest (Frobenius) to the mean of rotations [S, ..., 3, 3] over the first axis: the proper polar
+    factor U Vᵀ of the mean (also the mode of the matrix Fisher distribution with that parameter)."""
+    u, _, v = proper_svd(rotations.mean(0))
+    return u @ v.transpose(-1, -2)
+
+
 def _acg_parameter(lam: torch.Tensor) -> torch.Tensor:
     """b in (0, 4] with sum_i 1 / (b + 2 lam_i) = 1 (lam [..., 4] >= 0, one of them 0), by bisection."""
     lo = torch.zeros(lam.shape[:-1], dtype=lam.dtype, device=lam.device)

@@ -22,7 +22,7 @@ from cryoscope.bayes.mixture import MixtureState
 from cryoscope.bayes.pipeline import StageResult
 from cryoscope.bayes.projected import BinnedImages, Poses, symmetric_copies
 from cryoscope.errors import InvalidValueError
-from cryoscope.geometry.matrix_fisher import proper_svd
+from cryoscope.geometry.matrix_fisher import chordal_mean
 from cryoscope.geometry.resample import flip_hand
 from cryoscope.geometry.symmetry import symmetry_group
 from cryoscope.io.checkpoint import CheckpointDir, generator_state, restore_generator
@@ -200,12 +200,6 @@ def fix_gauge(state, poses: Poses):
 def _mixture(state, group: torch.Tensor | None) -> MixtureState:
     """The whole mixture (all symmetry copies) as a MixtureState with weights summing to 1."""
     return state.as_mixture(normalised=True) if isinstance(state, GaussianState) else symmetric_copies(state, group)
-
-
-def chordal_mean(rotations: torch.Tensor) -> torch.Tensor:
-    """Rotation nearest (Frobenius) to the mean of rotations [S, ..., 3, 3] over the first axis."""
-    u, _, v = proper_svd(rotations.mean(0))
-    return u @ v.transpose(-1, -2)
 
 
 def write_initial_model(out: Path, ref: StageResult, images_path: Path, images: torch.Tensor, pixel_size: float,
