@@ -52,26 +52,34 @@ class GaussianPrior:
 
 @dataclass
 class GaussianState:
-    """means [K, 3] (Å), precision s (Å⁻²), scale λ and noise precision β (0-d tensors)."""
+    """means [K, 3] (Å), precision s (Å⁻²), scale λ and noise precision β (0-d tensors). With a point `group`
+    [G, 3, 3] (`geometry.symmetry`) the means are the asymmetric unit and the density has all G K copies G_g μ_k."""
 
     means: torch.Tensor
     precision: torch.Tensor
     scale: torch.Tensor
     noise_precision: torch.Tensor
+    group: torch.Tensor | None = None
 
     @property
     def sigma(self) -> float:
         return float(self.precision.rsqrt())
 
+    def copies(self, means: torch.Tensor | None = None) -> torch.Tensor:
+        """All component centres [G K, 3] (copy-major) of `means` (default: the state's); differentiable."""
+        mu = self.means if means is None else means
+        return mu if self.group is None else torch.einsum("gij,kj->gki", self.group.to(mu.dtype), mu).reshape(-1, 3)
+
     def clone(self) -> GaussianState:
-        return GaussianState(self.means.clone(), self.precision.clone(), self.scale.clone(), self.noise_precision.clone())
+        return GaussianState(self.means.clone(), self.precision.clone(), self.scale.clone(), self.noise_precision.clone(), self.group)
 
     def as_mixture(self, normalised: bool = False) -> MixtureState:
-        """The density as a `MixtureState` whose weights are the components' masses λ (2π/s)^(3/2) (for rendering),
-        or with `normalised` equal weights 1/K (the shape only)."""
-        k = self.means.shape[0]
-        mass = torch.full((k,), 1 / k, dtype=self.means.dtype) if normalised else (self.scale * (2 * math.pi / self.precision) ** 1.5).expand(k).clone()
-        return MixtureState(self.means, self.precision, mass)
+        """The density (all copies) as a `MixtureState` whose weights are the components' masses λ (2π/s)^(3/2)
+        (for rendering), or with `normalised` equal weights summing to 1 (the shape only)."""
+        means = self.copies()
+        k = means.shape[0]
+        mass = torch.full((k,), 1 / k, dtype=means.dtype) if normalised else (self.scale * (2 * math.pi / self.precision) ** 1.5).expand(k).clone()
+        return MixtureState(means, self.precision, mass)
 
 
 @dataclass

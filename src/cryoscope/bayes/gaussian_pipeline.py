@@ -21,12 +21,13 @@ def sweep_log_posterior(state: GaussianState, poses: Poses, data: ImageSet, prio
 
 
 def initial_state(means: torch.Tensor, sigma: float, poses: Poses, data: ImageSet, prior: GaussianPrior,
-                  generator: torch.Generator | None = None) -> GaussianState:
-    """Means and σ (Å) given; λ at its conditional mean, then β drawn from its conditional."""
+                  generator: torch.Generator | None = None, group: torch.Tensor | None = None) -> GaussianState:
+    """Means (the asymmetric unit with a point `group`) and σ (Å) given; λ at its conditional mean, then β drawn
+    from its conditional."""
     s = torch.tensor(sigma**-2, dtype=means.dtype)
-    unit = unit_images(means, s, poses.rotations, poses.shifts, data)
-    scale, _ = scale_conditional(data.images, unit, torch.ones((), dtype=means.dtype))
-    state = GaussianState(means, s, scale, torch.ones((), dtype=means.dtype))
+    state = GaussianState(means, s, torch.ones((), dtype=means.dtype), torch.ones((), dtype=means.dtype), group)
+    unit = unit_images(state.copies(), s, poses.rotations, poses.shifts, data)
+    state.scale, _ = scale_conditional(data.images, unit, torch.ones((), dtype=means.dtype))
     state.noise_precision = draw_noise_precision(state, poses, data, prior, generator)
     return state
 
@@ -42,14 +43,15 @@ def initial_stage(
     prior: GaussianPrior | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int], None] | None = None,
+    group: torch.Tensor | None = None,
 ) -> StageResult:
     """One initial-stage run from means drawn from the prior and random rotations; shifts stay 0. σ defaults to
-    2 pixels."""
+    2 pixels. With a point `group`, n_components counts the asymmetric unit."""
     prior = prior or GaussianPrior.from_images(data.images, data.pixel_size)
     p, dt = data.n_images, data.images.dtype
     means = torch.randn(n_components, 3, generator=generator, dtype=dt) * prior.r**-0.5
     poses = Poses(random_rotations(p, generator, dtype=dt), torch.zeros(p, 2, dtype=dt))
-    state = initial_state(means, sigma or 2 * data.pixel_size, poses, data, prior, generator)
+    state = initial_state(means, sigma or 2 * data.pixel_size, poses, data, prior, generator, group)
     tuning = Tuning.initial(state, data)
     res = StageResult(state, poses)
     for r in range(rounds):
@@ -80,7 +82,7 @@ def refinement_stage(
     resume: tuple[StageResult, Tuning] | None = None,
 ) -> StageResult:
     """Full sweeps from the initial stage's rotations and mixture (each component split into n_components / K
-    copies jittered by σ/2, same σ); keeps every `thin`-th (state, poses) after `burn_in` sweeps, with the step
+    copies jittered by σ/2, same σ and symmetry); keeps every `thin`-th (state, poses) after `burn_in` sweeps, with the step
     sizes frozen from then on. `callback(step, result, tuning)` runs after every sweep (e.g. to checkpoint);
     `resume` continues a partial result with its tuning (and the generator restored to that point)."""
     prior = prior or GaussianPrior.from_images(data.images, data.pixel_size)
@@ -90,7 +92,7 @@ def refinement_stage(
         sigma = start.state.sigma
         jitter = 0.5 * sigma * torch.randn(n_components, 3, generator=generator, dtype=start.state.means.dtype)
         poses = start.poses.clone()
-        state = initial_state(start.state.means[pick] + jitter, sigma, poses, data, prior, generator)
+        state = initial_state(start.state.means[pick] + jitter, sigma, poses, data, prior, generator, start.state.group)
         res, tuning = StageResult(state, poses), Tuning.initial(state, data)
     else:
         res, tuning = resume

@@ -45,12 +45,13 @@ class Tuning:
         """Step sizes `factor` / √(curvature) from the Gauss-Newton curvature of well-separated components: for a
         mean β λ² P π / (2 h²), for a rotation β λ² π Σ_k |μ_k|² / (3 h²), for a shift β λ² K π / (2 h²)
         (h = pixel size); log s starts at 0.01."""
-        p, k = data.n_images, state.means.shape[0]
+        full = state.copies()
+        p, k, copies = data.n_images, full.shape[0], full.shape[0] // state.means.shape[0]
         dt = state.means.dtype
         base = float(state.noise_precision) * float(state.scale) ** 2 * math.pi / (2 * data.pixel_size**2)
-        mu2 = float((state.means**2).sum()) * 2 / 3
+        mu2 = float((full**2).sum()) * 2 / 3
         return Tuning(
-            StepSize(torch.full((1,), factor / math.sqrt(base * p), dtype=dt)),
+            StepSize(torch.full((1,), factor / math.sqrt(base * p * copies), dtype=dt)),
             StepSize(torch.full((p,), factor / math.sqrt(base * max(mu2, 1e-12)), dtype=dt)),
             StepSize(torch.full((1,), 0.01, dtype=dt)),
             StepSize(torch.full((p,), 5 * factor / math.sqrt(base * k), dtype=dt)),
@@ -64,8 +65,8 @@ class Tuning:
 
 def image_residuals(state: GaussianState, poses: Poses, data: ImageSet, means=None, precision=None,
                     rotations=None, shifts=None) -> torch.Tensor:
-    """Σ_j (y_ij - λ ỹ_ij)² per image [P], with any of the parameters replaced."""
-    unit = unit_images(state.means if means is None else means, state.precision if precision is None else precision,
+    """Σ_j (y_ij - λ ỹ_ij)² per image [P], with any of the parameters replaced (`means`: the asymmetric unit)."""
+    unit = unit_images(state.copies(means), state.precision if precision is None else precision,
                        poses.rotations if rotations is None else rotations, poses.shifts if shifts is None else shifts, data)
     return ((data.images - state.scale * unit) ** 2).sum((-1, -2))
 
@@ -107,7 +108,7 @@ def draw_precision_and_scale(state: GaussianState, poses: Poses, data: ImageSet,
     beta = state.noise_precision
 
     def energy(log_s: torch.Tensor) -> torch.Tensor:
-        unit = unit_images(state.means, torch.exp(log_s[0, 0]), poses.rotations, poses.shifts, data)
+        unit = unit_images(state.copies(), torch.exp(log_s[0, 0]), poses.rotations, poses.shifts, data)
         return (precision_energy(data.images, unit, beta) - log_s[0, 0])[None]
 
     q = torch.log(state.precision).reshape(1, 1)
@@ -115,7 +116,7 @@ def draw_precision_and_scale(state: GaussianState, poses: Poses, data: ImageSet,
     for _ in range(tuning.precision_steps):
         q, u, _ = metropolis_step(q, energy, tuning.log_precision, generator, u)
     s = torch.exp(q[0, 0])
-    mean, prec = scale_conditional(data.images, unit_images(state.means, s, poses.rotations, poses.shifts, data), beta)
+    mean, prec = scale_conditional(data.images, unit_images(state.copies(), s, poses.rotations, poses.shifts, data), beta)
     scale = mean + torch.randn((), generator=generator, dtype=mean.dtype) * prec.rsqrt()
     return s, scale
 
@@ -167,7 +168,7 @@ def rotation_energies(state: GaussianState, candidates: torch.Tensor, poses: Pos
         for a in range(0, m, chunk):
             rot = candidates[a : a + chunk]
             ctf = None if data.ctf is None else data.ctf[i : i + 1].expand(rot.shape[0], -1, -1)
-            unit = state.scale * unit_images(state.means, state.precision, rot, poses.shifts[i].expand(rot.shape[0], 2), data, ctf)
+            unit = state.scale * unit_images(state.copies(), state.precision, rot, poses.shifts[i].expand(rot.shape[0], 2), data, ctf)
             unit = unit.reshape(rot.shape[0], -1)
             out[a : a + chunk, group] = yy[group] - 2 * unit @ y.T + (unit * unit).sum(-1, keepdim=True)
     return 0.5 * state.noise_precision * out

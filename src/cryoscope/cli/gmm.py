@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         burn_in: int = typer.Option(None, help="Refinement sweeps before samples are kept (default: half)."),
         thin: int = typer.Option(10, help="Keep every n-th sweep after the burn-in."),
         checkpoint_every: int = typer.Option(25, help="Refinement sweeps between checkpoints (every restart is checkpointed)."),
-        symmetry: str = typer.Option("C1", "--sym", help="Point group (RELION names: C1, Cn, Dn, T, O, I); Poisson model; K counts the asymmetric unit."),
+        symmetry: str = typer.Option("C1", "--sym", help="Point group (RELION names: C1, Cn, Dn, T, O, I); K counts the asymmetric unit."),
         pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (overrides the header)."),
         resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt (same options required)."),
         seed: int = typer.Option(0, help="Random seed."),

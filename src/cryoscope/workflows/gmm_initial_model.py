@@ -72,8 +72,6 @@ class InitialModelSettings:
         if s.initial_box > input_box or s.initial_box < 8:
             raise InvalidValueError(f"initial box must be in [8, {input_box}] px, got {s.initial_box}")
         symmetry_group(s.symmetry)  # a clear error for an unknown or improper group
-        if not poisson and s.symmetry.upper() != "C1":
-            raise InvalidValueError("point-group symmetry is implemented for the Poisson model only")
         return s
 
     @property
