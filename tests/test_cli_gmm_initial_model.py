@@ -92,3 +92,12 @@ def test_initial_model_with_point_group_symmetry(averages, tmp_path, model):
     assert torch.allclose(inner.flip(-1).flip(-2), inner, atol=1e-5 * float(vol.abs().max()))
     assert json.loads((out / "metrics.json").read_text())["symmetry"] == "C2"
     assert main([*args[:-1], "--sym", "C2v", "--no-progress"]) == 2  # not a rotation group
+
+
+def test_an_image_without_positive_density_is_a_one_line_error(tmp_path, capsys):
+    images = torch.rand(4, 24, 24)
+    images[2] = -images[2]
+    write_stack(tmp_path / "bad.mrcs", images, PX)
+    assert main(["gmm", "initial-model", str(tmp_path / "bad.mrcs"), "-o", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.mrcs" in err and "image 3" in err and len(err.splitlines()) == 1

@@ -78,6 +78,10 @@ def register(app: typer.Typer) -> None:
         data = torch.as_tensor(stack[list(range(len(stack)))]).double()
         settings = InitialModelSettings(model, restarts, initial_components, components, initial_box, box, initial_counts, counts,
                                         rounds, n_rotations, steps, burn_in, thin, seed, checkpoint_every, symmetry).resolved(stack.box)
+        if settings.model == "poisson" and bool((empty := data.clamp_min(0).flatten(1).sum(1) <= 0).any()):
+            from cryoscope.errors import InvalidValueError
+
+            raise InvalidValueError(f"image {int(empty.nonzero()[0, 0]) + 1} has no positive density for the Poisson model to bin", images)
         params = {"command": "gmm initial-model", "images": str(images), "pixel_size": stack.pixel_size, **settings.__dict__}
         out.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings(record=True) as caught:
