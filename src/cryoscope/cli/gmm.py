@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         restarts: int = typer.Option(4, help="Initial-stage runs; the one with the highest log-posterior is refined."),
         initial_components: int = typer.Option(100, help="Pseudo-atoms K in the initial stage."),
         components: int = typer.Option(None, help="Pseudo-atoms K in the refinement (default 1000 Poisson, 500 Gaussian)."),
-        initial_box: int = typer.Option(32, help="Box the images are Fourier-cropped to for the initial stage, px."),
+        initial_box: int = typer.Option(None, help="Box the images are Fourier-cropped to for the initial stage, px (default 32, at most the input's)."),
         box: int = typer.Option(None, help="Box for the refinement and the output map, px (default 64 Poisson, 50 Gaussian; at most the input's)."),
         initial_counts: int = typer.Option(1000, help="Counts per image in the initial stage (Poisson)."),
         counts: int = typer.Option(10_000, help="Counts per image in the refinement (Poisson)."),

@@ -44,7 +44,7 @@ class InitialModelSettings:
     restarts: int = 4
     initial_components: int = 100
     components: int | None = None
-    initial_box: int = 32
+    initial_box: int | None = None
     box: int | None = None
     initial_counts: int = 1000
     counts: int = 10_000
@@ -58,12 +58,12 @@ class InitialModelSettings:
     symmetry: str = "C1"
 
     def resolved(self, input_box: int) -> InitialModelSettings:
-        """Defaults filled in (K = 1000 and box 64 for Poisson, 500 and 50 for Gaussian, as in the thesis; never
-        larger than the input box) and checked."""
+        """Defaults filled in (initial box 32; K = 1000 and box 64 for Poisson, 500 and 50 for Gaussian, as in the
+        thesis; boxes never larger than the input's) and checked."""
         if self.model not in MODELS:
             raise InvalidValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         poisson = self.model == "poisson"
-        s = replace(self, components=self.components or (1000 if poisson else 500),
+        s = replace(self, components=self.components or (1000 if poisson else 500), initial_box=self.initial_box or min(32, input_box),
                     box=min(self.box or (64 if poisson else 50), input_box), burn_in=self.steps // 2 if self.burn_in is None else self.burn_in)
         if not (s.restarts >= 1 and s.rounds >= 1 and s.steps >= 1 and s.thin >= 1 and s.checkpoint_every >= 1):
             raise InvalidValueError("restarts, rounds, steps, thin and checkpoint-every must be >= 1")
