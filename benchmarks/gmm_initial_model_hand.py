@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from cryoscope.io.mrc import ParticleStack, read_map, write_stack
 from cryoscope.physics.filters import fourier_resize
