@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from cryoscope.bayes.class_averages import (
-    apply_ctf,
     centre,
     centre_of_mass_shift,
     class_averages_from_particles,
@@ -22,7 +21,7 @@ from cryoscope.bayes.class_averages import (
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.rotations import euler_to_matrix
 from cryoscope.physics import gmm
-from cryoscope.physics.ctf import CTFParams, compute_ctf, phase_flip, wiener_filter
+from cryoscope.physics.ctf import CTFParams, apply_ctf, compute_ctf, phase_flip, wiener_filter
 from cryoscope.physics.fourier import centered_coords, fft2c, ifft2c
 from cryoscope.physics.shift import translate
 

@@ -102,3 +102,17 @@ def test_invalid_mixtures():
         GaussianMixture(torch.zeros(3, 3), sigmas=0.0)
     with pytest.raises(InvalidValueError):
         gmm.project(torch.zeros(3, 3), torch.ones(2), torch.ones(3), torch.eye(3)[None], 8, 1.0)
+
+
+def test_projection_shifts_move_the_image_by_whole_pixels():
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(5, 3, generator=g, dtype=torch.float64) * 4
+    a, s = torch.ones(5, dtype=torch.float64), torch.full((5,), 3.0, dtype=torch.float64)
+    rot = uniform_rotations(2, generator=g, dtype=torch.float64)
+    px = 2.0
+    shifts = torch.tensor([[2.0, -3.0], [-1.0, 4.0]], dtype=torch.float64)  # pixels (x, y)
+    moved = gmm.project(centres, a, s, rot, 32, px, shifts * px)
+    plain = gmm.project(centres, a, s, rot, 32, px)
+    for i in range(2):
+        rolled = torch.roll(plain[i], (int(shifts[i, 1]), int(shifts[i, 0])), dims=(0, 1))
+        assert torch.allclose(moved[i], rolled, atol=1e-8)  # only mass crossing the box edge differs

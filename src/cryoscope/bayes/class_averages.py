@@ -28,22 +28,14 @@ import torch
 from scipy.optimize import Bounds, minimize
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.physics.ctf import CTFParams, compute_ctf
+from cryoscope.physics.ctf import CTFParams, apply_ctf, compute_ctf
 from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.fourier import centered_coords, fft2c, ifft2c
-from cryoscope.physics.shift import translate
+from cryoscope.physics.shift import translate_images
 
 # Centring of deconvolved class averages: passes of shift-and-deconvolve until every shift is below the tolerance (px).
 _CENTRING_PASSES = 5
 _CENTRING_TOL = 0.05
-
-
-def apply_ctf(images: torch.Tensor, ctfs: torch.Tensor) -> torch.Tensor:
-    """H_f y = Re IFFT(C_f · FFT(y)): images [..., N, N] (px) convolved with the PSFs of CTFs [..., N, N] (centred).
-
-    Self-adjoint for a real CTF (the real part of a Hermitian operator), so it is also its own transpose.
-    """
-    return ifft2c(ctfs * fft2c(images)).real
 
 
 def gradient_penalty(image: torch.Tensor) -> torch.Tensor:
@@ -161,7 +153,7 @@ def centre(images: torch.Tensor) -> torch.Tensor:
     (`bayes.counts` counts negative pixels as empty). A positive background wraps around the box and biases the
     centre of mass: mask it first.
     """
-    return ifft2c(translate(fft2c(images), centre_of_mass_shift(images))).real
+    return translate_images(images, centre_of_mass_shift(images))
 
 
 def group_by_defocus(defocus: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -252,7 +244,7 @@ def defocus_frames(
     for lo in range(0, n, batch_size):
         sl = slice(lo, lo + batch_size)
         batch = torch.as_tensor(images[sl]).to(device, torch.float64)
-        unshifted = ifft2c(translate(fft2c(batch), origins_px[sl].to(device, torch.float64))).real
+        unshifted = translate_images(batch, origins_px[sl].to(device, torch.float64))
         sums.index_add_(0, frame_index[sl], rotate_images(unshifted, psi[sl].to(device)))
         ctf_sums.index_add_(0, frame_index[sl], aligned_ctf(ctf[sl].to(device), psi[sl].to(device), box, pixel_size, torch.float64))
     counts = torch.bincount(frame_index, minlength=m)
@@ -264,7 +256,7 @@ def defocus_frames(
 
 def _deconvolve_classes(frames: DefocusFrames, class_ids: torch.Tensor, shifts: torch.Tensor, **options) -> torch.Tensor:
     """Multi-frame `deconvolve` of each class's frames translated by its shift [K, 2] (px), weighted by counts."""
-    moved = ifft2c(translate(fft2c(frames.frames), shifts[torch.searchsorted(class_ids, frames.classes)])).real
+    moved = translate_images(frames.frames, shifts[torch.searchsorted(class_ids, frames.classes)])
     sel = [frames.classes == k for k in class_ids]
     return torch.stack([deconvolve(moved[m], frames.ctfs[m], frames.counts[m], **options) for m in sel])
 

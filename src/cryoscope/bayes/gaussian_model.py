@@ -23,8 +23,9 @@ import torch
 
 from cryoscope.bayes.mixture import MixtureState
 from cryoscope.errors import InvalidValueError
-from cryoscope.physics.ctf import CTFParams, compute_ctf
-from cryoscope.physics.fourier import centered_coords, fft2c, ifft2c
+from cryoscope.physics import gmm
+from cryoscope.physics.ctf import CTFParams, apply_ctf, compute_ctf
+from cryoscope.physics.fourier import centered_coords
 
 
 @dataclass(frozen=True)
@@ -119,24 +120,24 @@ class ImageSet:
         return self.images.shape[0] * self.box**2
 
 
-
 def unit_images(means: torch.Tensor, precision, rotations: torch.Tensor, shifts: torch.Tensor, data: ImageSet,
                 ctf: torch.Tensor | None = None) -> torch.Tensor:
     """ỹ [n, N, N] for rotations [n, 3, 3] and shifts [n, 2] (Å), with `ctf` [n, M, M] applied if given
-    (default: the data's CTFs, which needs n = P). Differentiable in every argument."""
+    (default: the data's CTFs, which needs n = P). Differentiable in every argument.
+
+    The exact mixture projection of `physics.gmm` with masses 2πσ²/h² (h = pixel size), so that each component
+    peaks at 1 (eq. 5.2)."""
     ctf = data.ctf if ctf is None else ctf
     n = data.box
     m = n if ctf is None else ctf.shape[-1]
-    grid = centered_coords(m, means.device, means.dtype) * data.pixel_size
-    c = torch.einsum("pij,kj->pki", rotations[:, :2, :], means) + shifts[:, None, :]  # [n, K, 2]
-    hx = torch.exp(-0.5 * precision * (grid - c[..., 0, None]) ** 2)  # [n, K, M]
-    gy = torch.exp(-0.5 * precision * (grid - c[..., 1, None]) ** 2)
-    y = gy.transpose(-1, -2) @ hx  # [n, M(y), M(x)]
+    var = 1 / torch.as_tensor(precision, dtype=means.dtype)
+    k = means.shape[0]
+    y = gmm.project(means, (2 * math.pi * var / data.pixel_size**2).expand(k), var.sqrt().expand(k), rotations, m,
+                    data.pixel_size, shifts)
     if ctf is None:
         return y
-    y = ifft2c(fft2c(y) * ctf).real
     a = m // 2 - n // 2
-    return y[:, a : a + n, a : a + n]
+    return apply_ctf(y, ctf)[:, a : a + n, a : a + n]
 
 
 def scale_conditional(y: torch.Tensor, unit: torch.Tensor, noise_precision) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,6 @@ from cryoscope.geometry.sampling import random_rotations
 from cryoscope.physics import gmm
 
 
-
 @dataclass
 class BinnedImages:
     """Counts [P, N, N] (int64) of P images on a grid of `pixel_size` Å, with their occupied pixels."""
@@ -85,13 +84,10 @@ def draw_latents(state: MixtureState, poses: Poses, data: BinnedImages, generato
     """Assignments (eq. C.27) and the depth sums ν^m ~ N(N c_z, N / s), τ ~ χ²(N) / s (eqs. C.33-C.34)."""
     centres = transformed_centres(state.means, poses)
     st = image_assignment_stats(data.pixels, centres[..., :2], state.weights, state.precision, generator)
-    n = st.n
-    nu = torch.cat([st.s, torch.zeros_like(n)[..., None]], -1)
-    s = state.precision
-    cz = centres[..., 2]
+    n, s, cz = st.n, state.precision, centres[..., 2]
     nu_m = n * cz + torch.randn(n.shape, generator=generator, dtype=n.dtype) * (n / s).sqrt()
     tau = chi2(n, generator) / s  # Σ (x^m - c_z)² per (image, component)
-    nu[..., 2] = nu_m
+    nu = torch.cat([st.s, nu_m[..., None]], -1)
     ss = st.q + tau + 2 * cz * nu_m - n * cz * cz  # Σ (x^m)² = τ + 2 c_z ν^m - N c_z²
     return LatentStats(n, nu, ss, st.log_likelihood)
 
@@ -155,7 +151,7 @@ def draw_shifts(state: MixtureState, stats: LatentStats, poses: Poses, shift_pre
 def rotation_scores(state: MixtureState, candidates: torch.Tensor, shifts: torch.Tensor, data: BinnedImages) -> torch.Tensor:
     """log p(image i | R_m, θ) with assignments and depths summed out (eq. 3.8), [M candidates, P images]:
     Σ_j y_ij log Σ_k w_k N(x_ij | (R_m μ_k)_xy + t_i, 1/s), pixel-centre evaluation, from the exact mixture
-    projections of `physics.gmm` (shifted by moving the centres by R_mᵀ (t_i, 0))."""
+    projections of `physics.gmm`."""
     n, p, px = data.box, data.n_images, data.pixel_size
     y_img = data.counts.reshape(p, -1).to(state.means.dtype)
     sigma = torch.full_like(state.weights, state.sigma)
@@ -163,9 +159,8 @@ def rotation_scores(state: MixtureState, candidates: torch.Tensor, shifts: torch
     groups = [list(range(p))] if shared else [[i] for i in range(p)]
     out = torch.empty(candidates.shape[0], p, dtype=state.means.dtype)
     for group in groups:
-        t3 = torch.cat([shifts[group[0]], shifts.new_zeros(1)])
-        centres = state.means + (candidates.transpose(-1, -2) @ t3)[:, None, :]  # [M, K, 3]
-        mass = gmm.project(centres, state.weights, sigma, candidates, n, px)  # Σ_k w_k N(x) px² per pixel
+        t = shifts[group[0]].expand(candidates.shape[0], 2)
+        mass = gmm.project(state.means, state.weights, sigma, candidates, n, px, t)  # Σ_k w_k N(x) px² per pixel
         density = torch.log(mass.clamp_min(1e-300)) - 2 * math.log(px)
         out[:, group] = density.reshape(candidates.shape[0], -1) @ y_img[group].T
     return out

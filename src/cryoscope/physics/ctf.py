@@ -22,7 +22,7 @@ from functools import lru_cache
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.physics.fourier import freq_grid_2d
+from cryoscope.physics.fourier import fft2c, freq_grid_2d, ifft2c
 
 
 def electron_wavelength(voltage_kv: torch.Tensor | float) -> torch.Tensor:
@@ -177,6 +177,12 @@ def compute_ctf(params: CTFParams, box: int, pixel_size: float, dtype: torch.dty
         raise InvalidValueError(f"pixel size must be positive, got {pixel_size} Å")
     basis, u2 = _grid_basis(int(box), float(pixel_size), params.device, dtype or params.defocus_u.dtype)
     return _ctf_from_basis(params, basis, u2).reshape(len(params), box, box)
+
+
+def apply_ctf(images: torch.Tensor, ctfs: torch.Tensor) -> torch.Tensor:
+    """Re IFFT(CTF · FFT(images)): real images [..., N, N] convolved (circularly) with the point-spread functions of
+    CTFs [..., N, N] on the centred grid. Self-adjoint for a real CTF."""
+    return ifft2c(ctfs * fft2c(images)).real
 
 
 def phase_flip(F_img: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:

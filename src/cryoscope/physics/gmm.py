@@ -91,16 +91,21 @@ def _per_image(c2: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor,
 
 
 def project(
-    centres: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor, rotations: torch.Tensor, box: int, pixel_size: float
+    centres: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor, rotations: torch.Tensor, box: int, pixel_size: float,
+    shifts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact projections [n, box, box] (mass per pixel) along z of the mixture rotated by matrices [n, 3, 3]."""
+    """Exact projections [n, box, box] (mass per pixel) along z of the mixture rotated by matrices [n, 3, 3], each
+    translated in-plane by `shifts` [n, 2] (x, y; Å) if given."""
     _check(centres, amplitudes, sigmas)
     x = centered_coords(box, centres.device, centres.dtype) * pixel_size
 
     def kernel(c2, s):
         return _gauss_1d(x, c2[..., 1], s) * pixel_size, _gauss_1d(x, c2[..., 0], s) * pixel_size
 
-    return _per_image(_rotated_xy(centres, rotations), amplitudes, sigmas, box, kernel)
+    c2 = _rotated_xy(centres, rotations)
+    if shifts is not None:
+        c2 = c2 + shifts.to(c2.dtype)[:, None, :]
+    return _per_image(c2, amplitudes, sigmas, box, kernel)
 
 
 def fourier_slice(

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from cryoscope.physics.fourier import centered_coords
+from cryoscope.physics.fourier import centered_coords, fft2c, ifft2c
 
 
 def phase_ramp(shifts: torch.Tensor, box: int) -> torch.Tensor:
@@ -30,3 +30,8 @@ def translate(F: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     Returns the transform of T_s f (the image moved by +s); the adjoint (and inverse) is translate(F, -s).
     """
     return F * phase_ramp(shifts, F.shape[-1])
+
+
+def translate_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Real images [..., N, N] moved by `shifts` [..., 2] (x, y) pixels, sub-pixel and periodic (Fourier phase ramp)."""
+    return ifft2c(translate(fft2c(images), shifts)).real

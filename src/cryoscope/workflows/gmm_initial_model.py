@@ -22,6 +22,7 @@ from cryoscope.bayes.mixture import MixtureState
 from cryoscope.bayes.pipeline import StageResult
 from cryoscope.bayes.projected import BinnedImages, Poses, symmetric_copies
 from cryoscope.errors import InvalidValueError
+from cryoscope.geometry.alignment import rotate_poses
 from cryoscope.geometry.matrix_fisher import chordal_mean
 from cryoscope.geometry.resample import flip_hand
 from cryoscope.geometry.symmetry import symmetry_group
@@ -192,7 +193,7 @@ def fix_gauge(state, poses: Poses):
     r1 = poses.rotations[0]
     state = state.clone()
     state.means = state.means @ r1.T
-    return state, Poses(poses.rotations @ r1.T, poses.shifts.clone())
+    return state, Poses(rotate_poses(poses.rotations, r1), poses.shifts.clone())
 
 
 def _mixture(state, group: torch.Tensor | None) -> MixtureState:
