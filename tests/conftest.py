@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 DATA = Path(__file__).parent / "data"
+# fused kernels run eagerly in tests (compiling each takes tens of seconds); test_fusion compiles one on purpose
+os.environ.setdefault("CRYOSCOPE_COMPILE", "0")
 
 
 @pytest.fixture(scope="session")

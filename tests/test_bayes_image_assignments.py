@@ -59,10 +59,19 @@ def test_pixels_far_from_every_component_are_evaluated_exactly():
                    px, draws=100, compute_dtype=torch.float32)
 
 
-def test_bins_of_zero_mass_are_never_drawn():
-    from cryoscope.bayes.image_assignments import _draw_level
+def test_bins_of_zero_mass_are_never_drawn_and_the_carried_uniform_is_uniform():
+    from cryoscope.bayes.image_assignments import _U_MAX, _pick
 
-    cdf = torch.tensor([[0.0, 0.0, 1.0, 1.0, 3.0, 3.0]]).expand(200_000, -1).contiguous()  # masses 0, 0, 1, 0, 2, 0
-    hits = torch.bincount(_draw_level(cdf, torch.Generator().manual_seed(0)), minlength=6)
+    n = 200_000
+    masses = [torch.full((n,), m) for m in (0.0, 0.0, 1.0, 0.0, 2.0, 0.0)]
+    u = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u[:100] = _U_MAX  # the largest uniform still lands in the last bin of positive mass
+    index, rest = _pick(masses, u)
+    hits = torch.bincount(index, minlength=6)
     assert hits[[0, 1, 3, 5]].sum() == 0
-    assert abs(float(hits[2]) / 200_000 - 1 / 3) < 5 * (2 / 9 / 200_000) ** 0.5
+    assert abs(float(hits[2]) / n - 1 / 3) < 5 * (2 / 9 / n) ** 0.5
+    # the position inside the chosen bin is a fresh uniform, independent of the bin
+    for b in (2, 4):
+        r = rest[index == b]
+        assert abs(float(r.mean()) - 0.5) < 5 * (1 / 12 / r.numel()) ** 0.5
+        assert abs(float((r < 0.25).double().mean()) - 0.25) < 5 * (3 / 16 / r.numel()) ** 0.5

@@ -1,12 +1,13 @@
 """Exact component assignments of the counts of binned images (thesis eq. C.27), all images at once.
 
-On a pixel grid an isotropic 2-D Gaussian is separable: w_k N(x, y | c_k, 1/s) ∝ w_k g_k(y) h_k(x) with
-1-D factors g, h [P, K, N]. So every pixel's responsibilities are available without truncation. Components
-form a three-level tree (b1 groups of b2 leaves of b3 components, each about K^(1/3)). The per-pixel mass of
-every leaf, T[p, leaf, y, x] = Σ_{k∈leaf} g_k(y) h_k(x), is a small matrix product; sums of T give the groups.
-Each count then descends the tree by inverse CDF: its group, its leaf, and its component among the leaf's b3
-products g_k(y) h_k(x). The work per sweep is O(P K N²) multiply-adds for T and O(counts · K^(1/3)) for the
-draws, against O(counts · K) for a dense evaluation.
+On a pixel grid an isotropic 2-D Gaussian is separable: w_k N(x, y | c_k, 1/s) ∝ w_k g_k(y) h_k(x). So every
+pixel's responsibilities are available without truncation. Components form a three-level tree (b1 groups of b2
+leaves of b3 components, each about K^(1/3)). The per-pixel mass of every leaf, T[p, y, x, leaf] = Σ_{k∈leaf}
+g_k(y) h_k(x), is b3 outer products, and the group masses are sums of it. Each count then descends the
+tree by inverse CDF: its group, its leaf, and its component among the leaf's b3 products g_k(y) h_k(x). One
+uniform serves all three levels (its position inside the chosen bin is again uniform). The work per sweep is
+O(P K N²) multiply-adds for T and O(counts · K^(1/3)) for the draws, against O(counts · K) for a dense evaluation.
+Factors, masses and the descent are fused kernels (`cryoscope.fusion`).
 
 The 1-D factors are scaled per image row/column (the largest factor is 1), which keeps them finite far from
 the mixture; a pixel whose mass still underflows is evaluated densely in log space (`assignments`).
@@ -20,20 +21,24 @@ from dataclasses import dataclass
 import torch
 
 from cryoscope.bayes.assignments import component_logits, sample_split
+from cryoscope.fusion import fused
 from cryoscope.physics.fourier import centered_coords
+
+_U_MAX = 1.0 - 2.0**-20  # uniforms are kept below 1 so that u · total < total: bins of zero mass are never drawn
 
 
 @dataclass
 class PixelCounts:
     """The occupied pixels of P binned images of edge `box`: image, row (y) and column (x) index and count [R] each;
-    and per single count (C = total counts): its pixel `count_row` [C] and `count_values` [C, 4] = (x, y, x² + y², 1)
-    of its pixel centre (Å, about pixel N // 2)."""
+    and per single count (C = total counts): its pixel `count_row` [C], its image, row and column `count_pixel`
+    [3, C] and `count_values` [C, 4] = (x, y, x² + y², 1) of its pixel centre (Å, about pixel N // 2)."""
 
     image: torch.Tensor
     iy: torch.Tensor
     ix: torch.Tensor
     counts: torch.Tensor
     count_row: torch.Tensor
+    count_pixel: torch.Tensor
     count_values: torch.Tensor
     box: int
     pixel_size: float
@@ -47,7 +52,8 @@ class PixelCounts:
         grid = centered_coords(counts.shape[-1], counts.device, torch.float64) * pixel_size
         x, y = grid[ix[row]], grid[iy[row]]
         values = torch.stack([x, y, x * x + y * y, torch.ones_like(x)], -1)
-        return PixelCounts(p, iy, ix, c, row, values, counts.shape[-1], float(pixel_size))
+        pixel = torch.stack([p[row], iy[row], ix[row]])
+        return PixelCounts(p, iy, ix, c, row, pixel, values, counts.shape[-1], float(pixel_size))
 
     @property
     def points(self) -> torch.Tensor:
@@ -67,32 +73,85 @@ class ImageStats:
     log_likelihood: torch.Tensor
 
 
-def _factors(centres: torch.Tensor, precision: float, box: int, pixel_size: float):
-    """1-D factors exp(-s (x - c)² / 2) along x and y [P, K, N], each scaled so its largest value over K is 1
-    at every grid line, and the log of the removed scales [P, N] (x and y)."""
-    grid = centered_coords(box, centres.device, centres.dtype) * pixel_size
-    out = []
-    for axis in (0, 1):
-        e = -0.5 * precision * (grid - centres[..., axis, None]) ** 2  # [P, K, N]
-        top = e.amax(1)  # [P, N]
-        out.append((torch.exp(e - top[:, None, :]), top))
-    return out
-
-
 def _level_sizes(k: int) -> tuple[int, int, int]:
     """Branching (b1, b2, b3) of the three-level component tree, about K^(1/3) each, b1 b2 b3 >= K."""
     b = max(1, math.ceil(k ** (1 / 3) - 1e-9))
     return -(-k // (b * b)), b, b
 
 
-def _draw_level(cdf_rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Index of the bin of one uniform draw per row of running sums [C, b] (inverse CDF): the first bin whose running
-    sum exceeds u · total, with u · total kept below the total, so that bins of zero mass are never drawn (rows of
-    zero total, which the caller discards, give the last bin)."""
-    u = torch.rand(cdf_rows.shape[0], 1, generator=generator, dtype=cdf_rows.dtype, device=cdf_rows.device)
-    top = cdf_rows[:, -1:]
-    target = torch.minimum(u * top, torch.nextafter(top, torch.zeros_like(top)))
-    return (cdf_rows <= target).sum(-1).clamp_max_(cdf_rows.shape[1] - 1)
+def _axis_factors(centres: torch.Tensor, grid: torch.Tensor, precision: torch.Tensor, b3: int):
+    """1-D factors exp(-s (x - c)² / 2) [P, N, b3, leaves] (component k = leaf · b3 + j at [..., j, leaf]) for centre
+    coordinates [P, leaves · b3] along one axis, scaled so that the largest over the components is 1 at every grid
+    line, and the log of the scales [P, N]."""
+    c = centres.reshape(centres.shape[0], 1, -1, b3).transpose(-1, -2)  # [P, 1, b3, leaves]
+    e = -0.5 * precision * (grid[None, :, None, None] - c) ** 2
+    top = e.amax((2, 3), keepdim=True)
+    return torch.exp(e - top), top.reshape(centres.shape[0], -1)
+
+
+@fused
+def _factors(centres: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, precision: torch.Tensor, b3: int):
+    """h along x and g = w · factor along y, [P, N, b3, leaves] each, and their log scales [P, N]."""
+    hx, top_x = _axis_factors(centres[..., 0], grid, precision, b3)
+    gy, top_y = _axis_factors(centres[..., 1], grid, precision, b3)
+    return hx.contiguous(), (gy * weights.reshape(-1, b3).T).contiguous(), top_x, top_y
+
+
+@fused
+def _masses(hx: torch.Tensor, gy: torch.Tensor, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel the mass of every leaf, T [P, N (y), N (x), leaves] = Σ_j g_j(y) h_j(x) over the leaf's components,
+    and of every group [P, N, N, b1] (sums of b2 consecutive leaves)."""
+    leaf = gy[:, :, None, 0] * hx[:, None, :, 0]
+    for j in range(1, hx.shape[2]):
+        leaf = leaf + gy[:, :, None, j] * hx[:, None, :, j]
+    return leaf, leaf.reshape(*leaf.shape[:3], b1, -1).sum(-1)
+
+
+def _pick(masses: list[torch.Tensor], u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse CDF over bins with masses [C] each for uniforms u [C] in [0, 1): the first bin whose running sum
+    exceeds u · total, and the position of u · total inside that bin (a fresh uniform; NaN where the total is 0)."""
+    run = [masses[0]]
+    for m in masses[1:]:
+        run.append(run[-1] + m)
+    target = u * run[-1]
+    index = torch.zeros_like(u, dtype=torch.int64)
+    below = torch.zeros_like(u)
+    chosen = masses[0]
+    for j, r in enumerate(run[:-1]):
+        passed = r <= target
+        index = index + passed.long()
+        below = torch.where(passed, r, below)
+        chosen = torch.where(passed, masses[j + 1], chosen)
+    return index, ((target - below) / chosen).clamp(0.0, _U_MAX)
+
+
+@fused
+def _log_likelihood(group_mass, top_x, top_y, image, iy, ix, counts, norm: torch.Tensor):
+    """Which occupied pixels [R] have a mass above 0 in the scaled factors, and Σ_j y_j log p(x_j) over them
+    (float64; `norm` = log(s / 2π))."""
+    total = group_mass[image, iy, ix].sum(-1).double()
+    good = total > 0
+    log_mass = torch.log(torch.where(good, total, 1.0)) + top_x[image, ix].double() + top_y[image, iy].double()
+    return good, torch.where(good, counts.double() * (log_mass + norm), 0.0).sum()
+
+
+@fused
+def _descend(group_mass, leaf_mass, hx, gy, pixel, u, k: int):
+    """Component [C] of each count: its group from group_mass [P, N, N, b1], its leaf from leaf_mass [P, N, N, L]
+    and its component from the products of hx, gy [P, N, b3, L], for count pixels [3, C] and uniforms u [C] (the
+    index is kept below K where a pixel's mass underflowed; the caller discards those counts)."""
+    n, b1, b3, leaves = group_mass.shape[1], group_mass.shape[-1], hx.shape[2], hx.shape[3]
+    b2 = leaves // b1
+    img, iy, ix = pixel[0], pixel[1], pixel[2]
+    flat = (img * n + iy) * n + ix
+    gm, lm, hf, gf = group_mass.reshape(-1), leaf_mass.reshape(-1), hx.reshape(-1), gy.reshape(-1)
+    group, u = _pick([gm[flat * b1 + j] for j in range(b1)], u.clamp_max(_U_MAX))
+    leaf, u = _pick([lm[flat * leaves + group * b2 + j] for j in range(b2)], u)
+    leaf = group * b2 + leaf
+    at_x = (img * n + ix) * (b3 * leaves) + leaf
+    at_y = (img * n + iy) * (b3 * leaves) + leaf
+    comp, _ = _pick([hf[at_x + j * leaves] * gf[at_y + j * leaves] for j in range(b3)], u)
+    return (leaf * b3 + comp).clamp_max(k - 1)
 
 
 def image_assignment_stats(
@@ -111,38 +170,25 @@ def image_assignment_stats(
     s = float(precision)
     b1, b2, b3 = _level_sizes(k)
     leaves = b1 * b2
-    (hx, topx), (gy, topy) = _factors(centres.to(compute_dtype), s, n_px, data.pixel_size)
-    gy = gy * weights.to(compute_dtype)[None, :, None]
-    if leaves * b3 > k:  # zero-weight padding components are never drawn
-        hx, gy = (torch.nn.functional.pad(f, (0, 0, 0, leaves * b3 - k)) for f in (hx, gy))
-    hx_t = hx.reshape(p, leaves, b3, n_px).transpose(-1, -2).contiguous()  # [P, leaf, x, b3]
-    gy_t = gy.reshape(p, leaves, b3, n_px).transpose(-1, -2).contiguous()  # [P, leaf, y, b3]
-    mass = gy_t @ hx_t.transpose(-1, -2)  # [P, leaf, y, x]: Σ over the leaf's components
-    leaf_mass = mass[data.image, :, data.iy, data.ix].reshape(-1, b1, b2)  # [R, b1, b2]
-    cdf2 = leaf_mass.cumsum(-1)
-    cdf1 = cdf2[..., -1].cumsum(-1)  # [R, b1]
-    total = cdf1[:, -1].double()
-    good = total > 0
-    log_mass = torch.log(torch.where(good, total, torch.ones_like(total)))
-    log_mass = log_mass + topx[data.image, data.ix].double() + topy[data.image, data.iy].double()
+    pad = leaves * b3 - k  # padding components have weight 0 and are never drawn
+    grid = centered_coords(n_px, centres.device, compute_dtype) * data.pixel_size
+    # padding repeats the last centre (so the factor scales are those of the real components) with weight 0
+    padded = torch.cat([centres, centres[:, -1:].expand(p, pad, 2)], 1).to(compute_dtype)
+    padded_weights = torch.nn.functional.pad(weights.to(compute_dtype), (0, pad))
+    # scalars go in as 0-d tensors: a new value then reuses the compiled kernels
+    hx, gy, top_x, top_y = _factors(padded, padded_weights, grid, torch.tensor(s, dtype=compute_dtype), b3)
+    leaf_mass, group_mass = _masses(hx, gy, b1)
     norm = math.log(s / (2 * math.pi))
-    y = data.counts.to(total.dtype)
-    loglik = (torch.where(good, y, torch.zeros_like(y)) * (log_mass + norm)).sum()
-
-    # each count descends the tree: b1 groups of b2 leaves of b3 components, by inverse CDF at every level
-    row = data.count_row
-    l1 = _draw_level(cdf1.index_select(0, row), generator)
-    l2 = _draw_level(cdf2.reshape(-1, b2).index_select(0, row * b1 + l1), generator)
-    img = data.image[row]
-    leaf = (img * leaves + l1 * b2 + l2) * n_px
-    inner = (gy_t.reshape(-1, b3).index_select(0, leaf + data.iy[row]) * hx_t.reshape(-1, b3).index_select(0, leaf + data.ix[row]))
-    comp = ((l1 * b2 + l2) * b3 + _draw_level(inner.cumsum(-1), generator)).clamp_max_(k - 1)
+    good, loglik = _log_likelihood(group_mass, top_x, top_y, data.image, data.iy, data.ix, data.counts,
+                                   torch.tensor(norm, dtype=torch.float64))
+    u = torch.rand(data.count_row.shape, generator=generator, dtype=torch.float64, device=centres.device)
+    comp = _descend(group_mass, leaf_mass, hx, gy, data.count_pixel, u, k)
 
     values = data.count_values.to(centres.dtype)
     if not bool(good.all()):
-        values = values * good[row, None].to(values.dtype)
-    acc = torch.zeros(p * k, 4, dtype=centres.dtype, device=centres.device).index_add_(0, img * k + comp, values)
-    acc = acc.reshape(p, k, 4)
+        values = values * good[data.count_row, None].to(values.dtype)
+    acc = torch.zeros(p * k, 4, dtype=centres.dtype, device=centres.device)
+    acc = acc.index_add_(0, data.count_pixel[0] * k + comp, values).reshape(p, k, 4)
     n, sums, q = acc[..., 3], acc[..., :2].contiguous(), acc[..., 2]
     if not bool(good.all()):
         n, sums, q, loglik = _add_underflowed(data, ~good, centres, weights, s, norm, generator, n, sums, q, loglik)
