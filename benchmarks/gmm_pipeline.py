@@ -4,7 +4,7 @@ Refinement: 64² images, 10,000 counts, K = 1000, shifts on, from the best resta
 over the thinned samples. Scores: rotations of each restart against the truth (after gauge and hand), and the FSC
 after alignment of the posterior mean and of a single sample against the truth low-passed to 25 Å (molmap-style).
 
-Usage: python benchmarks/gmm_pipeline.py [--restarts 4] [--out benchmarks/out/gmm/pipeline.json]
+Usage: python benchmarks/gmm_pipeline.py [--restarts 4] [--first-seed 0] [--out benchmarks/out/gmm/pipeline.json]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from cryoscope.physics.projection import project
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--restarts", type=int, default=4)
+    ap.add_argument("--first-seed", type=int, default=0, help="Restarts use seeds first-seed, first-seed + 1, ...")
     ap.add_argument("--initial-components", type=int, default=100)
     ap.add_argument("--components", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=10)
@@ -46,7 +47,7 @@ def main() -> None:
     data_r = BinnedImages.from_images(project(vols["refine"], truth_rot).clamp_min(0), px["refine"], 10_000)
     out: dict = {"pixel_size_A": px, "restarts": []}
     best = None
-    for seed in range(args.restarts):
+    for seed in range(args.first_seed, args.first_seed + args.restarts):
         t0 = time.perf_counter()
         res = initial_stage(data_i, args.initial_components, rounds=args.rounds, n_rotations=args.n_rotations,
                             generator=torch.Generator().manual_seed(seed))

@@ -48,7 +48,8 @@ def restart_row(seed: int, seconds: float, res, truth: torch.Tensor) -> dict:
     """One initial-stage restart scored against the true rotations (printed and returned)."""
     err = consensus_errors(res.poses.rotations, truth)
     row = {"seed": seed, "seconds": seconds, "log_posterior": res.final_log_posterior, "within_5deg": int((err < 5).sum()),
-           "within_15deg": int((err < 15).sum()), "median_error_deg": float(err.median()), "sigma_A": res.state.sigma}
+           "within_15deg": int((err < 15).sum()), "median_error_deg": float(err.median()), "max_error_deg": float(err.max()),
+           "sigma_A": res.state.sigma}
     print(json.dumps(row), flush=True)
     return row
 

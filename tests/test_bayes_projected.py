@@ -29,7 +29,7 @@ def _points_and_stats(g, p=3, k=4, per=30):
     onehot = torch.nn.functional.one_hot(comp, k).double()  # [p, per, k]
     n = onehot.sum(1)
     nu = torch.einsum("plk,pli->pki", onehot, x)
-    ss = torch.einsum("plk,pl->pk", onehot, (x * x).sum(-1))
+    ss = (x * x).sum()
     return x, comp, LatentStats(n, nu, ss, torch.zeros((), dtype=torch.float64))
 
 

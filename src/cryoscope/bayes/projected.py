@@ -64,8 +64,9 @@ class Poses:
 
 @dataclass
 class LatentStats:
-    """Per (image, component): counts N [P, K], sums of the 3-D points ν [P, K, 3] (pixel x, y and drawn depth)
-    and of their squared norms ss [P, K]; and log p(D | θ) with the latent variables summed out."""
+    """Per (image, component): counts N [P, K] and sums of the 3-D points ν [P, K, 3] (pixel x, y and drawn depth);
+    the sum ss of the points' squared norms over all images and components (only the total enters the precision's
+    conditional); and log p(D | θ) with the latent variables summed out."""
 
     n: torch.Tensor
     nu: torch.Tensor
@@ -81,14 +82,16 @@ def transformed_centres(means: torch.Tensor, poses: Poses) -> torch.Tensor:
 
 
 def draw_latents(state: MixtureState, poses: Poses, data: BinnedImages, generator: torch.Generator | None = None) -> LatentStats:
-    """Assignments (eq. C.27) and the depth sums ν^m ~ N(N c_z, N / s), τ ~ χ²(N) / s (eqs. C.33-C.34)."""
+    """Assignments (eq. C.27), the depth sums ν^m ~ N(N c_z, N / s) (eq. C.33) and Σ τ ~ χ²(Σ N) / s (eq. C.34:
+    each τ_ik ~ χ²(N_ik) / s is needed only in the total, and a sum of independent χ² draws is χ² in the summed
+    degrees of freedom)."""
     centres = transformed_centres(state.means, poses)
     st = image_assignment_stats(data.pixels, centres[..., :2], state.weights, state.precision, generator)
     n, s, cz = st.n, state.precision, centres[..., 2]
     nu_m = n * cz + torch.randn(n.shape, generator=generator, dtype=n.dtype) * (n / s).sqrt()
-    tau = chi2(n, generator) / s  # Σ (x^m - c_z)² per (image, component)
+    tau = chi2(n.sum(), generator) / s  # Σ (x^m - c_z)² over every count
     nu = torch.cat([st.s, nu_m[..., None]], -1)
-    ss = st.q + tau + 2 * cz * nu_m - n * cz * cz  # Σ (x^m)² = τ + 2 c_z ν^m - N c_z²
+    ss = (st.q + 2 * cz * nu_m - n * cz * cz).sum() + tau  # Σ (x^m)² = τ + 2 c_z ν^m - N c_z²
     return LatentStats(n, nu, ss, st.log_likelihood)
 
 
@@ -122,7 +125,7 @@ def draw_mixture(state: MixtureState, stats: LatentStats, poses: Poses, prior: M
     weights = draw_weights(n_k, prior, generator)
     means = draw_means(n_k, back, state.precision, prior, generator)
     c = transformed_centres(symmetric_copies(MixtureState(means, state.precision, weights), group).means, poses)
-    ssr = (stats.ss - 2 * (c * stats.nu).sum(-1) + stats.n * (c * c).sum(-1)).sum()
+    ssr = stats.ss + (stats.n * (c * c).sum(-1) - 2 * (c * stats.nu).sum(-1)).sum()
     precision = draw_precision(ssr, n_k.sum(), means, prior, generator)
     return MixtureState(means, precision, weights)
 
