@@ -132,7 +132,8 @@ def _accuracy(op: str, box: int, batch: int, maxiter: int) -> dict:
     return {"rel_error": err, "scale": scale, "fsc_0.5": acc.fsc_05(out, acc.blob_map(box)), "convention": "A=R"}
 
 
-def measure(op: str, box: int, threads: int, seconds: float, maxiter: int) -> dict:
+def measure(op: str, box: int, threads: int, seconds: float, maxiter: int, accuracy: bool = True,
+            accuracy_batch: int | None = None) -> dict:
     """One measurement in this process (called in a subprocess by `main`)."""
     import torch
 
@@ -143,12 +144,13 @@ def measure(op: str, box: int, threads: int, seconds: float, maxiter: int) -> di
         times = time_calls(fn, seconds)
         rss = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         del fn  # frees the timed operation's state (at 256 the direct rows alone are 6 GB) before the accuracy step
-        accuracy = _accuracy(op, box, batch, maxiter)
+        accuracy = _accuracy(op, box, accuracy_batch or batch, maxiter) if accuracy else None
     return {
         "tool": "cryoscope",
         "op": op,
         "box": box,
         "batch": batch,
+        "accuracy_batch": accuracy_batch or batch,
         "calls": len(times),
         "seconds": round(sum(times), 3),
         "images_per_s": round(batch / min(times), 2),
@@ -166,11 +168,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed duration per measurement")
     parser.add_argument("--maxiter", type=int, default=10, help="CG iterations for reconstruct")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "ours.json")
+    parser.add_argument("--accuracy-batch", type=int, help="with --one: images for the accuracy step (default: the timed batch)")
+    parser.add_argument("--timing-only", action="store_true", help="with --one: skip the accuracy step (repeat timings)")
     parser.add_argument("--one", nargs=2, metavar=("OP", "BOX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         op, box = args.one
-        print(json.dumps(measure(op, int(box), args.threads, args.seconds, args.maxiter)))
+        print(json.dumps(measure(op, int(box), args.threads, args.seconds, args.maxiter, not args.timing_only, args.accuracy_batch)))
         return
     import torch
 

@@ -199,7 +199,8 @@ def _accuracy(tool: str, op: str, box: int, batch: int, maxiter: int) -> dict:
     return best
 
 
-def measure(tool: str, op: str, box: int, threads: int, seconds: float, maxiter: int) -> dict:
+def measure(tool: str, op: str, box: int, threads: int, seconds: float, maxiter: int, accuracy: bool = True,
+            accuracy_batch: int | None = None) -> dict:
     """One measurement in this process (called in a subprocess by `main`)."""
     import torch
 
@@ -209,12 +210,13 @@ def measure(tool: str, op: str, box: int, threads: int, seconds: float, maxiter:
     times = time_calls(fn, seconds)
     rss = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     with torch.no_grad():
-        accuracy = _accuracy(tool, op, box, batch, maxiter)
+        accuracy = _accuracy(tool, op, box, accuracy_batch or batch, maxiter) if accuracy else None
     return {
         "tool": tool,
         "op": op,
         "box": box,
         "batch": batch,
+        "accuracy_batch": accuracy_batch or batch,
         "calls": len(times),
         "seconds": round(sum(times), 3),
         "images_per_s": round(batch / min(times), 2),
@@ -244,12 +246,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed duration per measurement")
     parser.add_argument("--maxiter", type=int, default=10, help="CG iterations for ASPIRE's MeanEstimator")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "peers.json")
+    parser.add_argument("--accuracy-batch", type=int, help="with --one: images for the accuracy step (default: the timed batch)")
+    parser.add_argument("--timing-only", action="store_true", help="with --one: skip the accuracy step (repeat timings)")
     parser.add_argument("--one", nargs=3, metavar=("TOOL", "OP", "BOX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         tool, op, box = args.one
         os.chdir(tempfile.mkdtemp(prefix="peers_bench_"))  # ASPIRE writes logs/ and checkpoints into the cwd
-        print(json.dumps(measure(tool, op, int(box), args.threads, args.seconds, args.maxiter)))
+        print(json.dumps(measure(tool, op, int(box), args.threads, args.seconds, args.maxiter, not args.timing_only, args.accuracy_batch)))
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "OPENBLAS_NUM_THREADS": str(args.threads), "NUMBA_NUM_THREADS": str(args.threads)}
