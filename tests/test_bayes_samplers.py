@@ -63,3 +63,16 @@ def test_chordal_mean_of_rotations_spread_symmetrically_about_r_is_r():
     v = torch.randn(50, 2, 3, generator=g, dtype=torch.float64) * 0.3
     spread = torch.cat([axis_angle_to_matrix(v), axis_angle_to_matrix(-v)]) @ r  # pairs exp(±v) R
     assert torch.allclose(chordal_mean(spread), r, atol=1e-12)
+
+
+def test_bingham_envelope_parameter_solves_its_equation():
+    # Kent et al.'s optimal b: Σ_i 1 / (b + 2 λ_i) = 1, with one λ = 0 and the others from 0 to 1e6
+    from cryoscope.geometry.matrix_fisher import _acg_parameter
+
+    g = torch.Generator().manual_seed(4)
+    lam = torch.rand(20_000, 4, generator=g, dtype=torch.float64) * 10 ** (6 * torch.rand(20_000, 1, generator=g, dtype=torch.float64))
+    lam[:, 0] = 0
+    lam[:100, 1:] = 0  # uniform: b = 4
+    b = _acg_parameter(lam)
+    assert ((1 / (b[:, None] + 2 * lam)).sum(-1) - 1).abs().max() < 1e-12
+    assert torch.allclose(b[:100], torch.full((100,), 4.0, dtype=torch.float64))
