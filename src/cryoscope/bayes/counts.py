@@ -31,9 +31,10 @@ def discretise_images(images: torch.Tensor, n_counts: int) -> torch.Tensor:
     return torch.stack([discretise(img, n_counts) for img in images])
 
 
-def grid_points(box: int, ndim: int, spacing: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def grid_points(box: int, ndim: int, spacing: float, dtype: torch.dtype = torch.float64,
+                device: torch.device | str | None = None) -> torch.Tensor:
     """Centres [box**ndim, ndim] (Å, (x, y[, z]) about voxel box // 2) of a grid flattened in C order ([z,] y, x)."""
-    c = centered_coords(box, dtype=dtype) * spacing
+    c = centered_coords(box, device, dtype=dtype) * spacing
     axes = torch.meshgrid(*([c] * ndim), indexing="ij")  # z, y, x (or y, x)
     return torch.stack(list(reversed([a.reshape(-1) for a in axes])), -1)
 
@@ -54,7 +55,7 @@ class GridPoints:
         """From a grid of counts [N, N] or [N, N, N] (C order, x fastest)."""
         flat = counts.reshape(-1)
         index = (flat > 0).nonzero().squeeze(1)
-        pts = grid_points(counts.shape[-1], counts.dim(), spacing)[index]
+        pts = grid_points(counts.shape[-1], counts.dim(), spacing, device=counts.device)[index]
         return GridPoints(pts, flat[index], index, counts.shape[-1], float(spacing))
 
     @property

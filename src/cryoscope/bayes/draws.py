@@ -10,7 +10,7 @@ import torch
 
 def standard_gamma(shape: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Gamma(shape, rate 1) draws, elementwise (shape > 0), by Marsaglia & Tsang (2000) with the a < 1 boost."""
-    shape = torch.as_tensor(shape)
+    shape = shape if isinstance(shape, torch.Tensor) else torch.as_tensor(shape)
     small = shape < 1
     a = torch.where(small, shape + 1, shape)
     d = a - 1 / 3
@@ -33,8 +33,10 @@ def standard_gamma(shape: torch.Tensor, generator: torch.Generator | None = None
 
 def gamma(shape: torch.Tensor | float, rate: torch.Tensor | float, generator: torch.Generator | None = None,
           dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Gamma(shape, rate) draws (mean shape / rate), broadcast over both."""
-    shape, rate = torch.broadcast_tensors(torch.as_tensor(shape, dtype=dtype), torch.as_tensor(rate, dtype=dtype))
+    """Gamma(shape, rate) draws (mean shape / rate), broadcast over both, on the generator's device."""
+    device = None if generator is None else generator.device
+    shape, rate = torch.broadcast_tensors(torch.as_tensor(shape, dtype=dtype, device=device),
+                                          torch.as_tensor(rate, dtype=dtype, device=device))
     return standard_gamma(shape.contiguous(), generator) / rate
 
 
@@ -46,6 +48,6 @@ def dirichlet(concentration: torch.Tensor, generator: torch.Generator | None = N
 
 def chi2(dof: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Chi-squared draws with `dof` degrees of freedom (0 gives 0)."""
-    dof = torch.as_tensor(dof)
+    dof = dof if isinstance(dof, torch.Tensor) else torch.as_tensor(dof)
     draw = 2 * standard_gamma(dof.clamp_min(1e-12) / 2, generator)
     return torch.where(dof > 0, draw, torch.zeros_like(draw))

@@ -74,7 +74,7 @@ def fit_map(
 def render(state: MixtureState, box: int, voxel_size: float, mass: float = 1.0) -> torch.Tensor:
     """The mixture as a map [box, box, box] of mass per voxel (total `mass`)."""
     k = state.means.shape[0]
-    sigma = torch.full((k,), state.sigma, dtype=state.means.dtype)
+    sigma = torch.full((k,), state.sigma, dtype=state.means.dtype, device=state.means.device)
     return gmm.render_volume(state.means, state.weights * mass, sigma, box, voxel_size)
 
 

@@ -79,7 +79,7 @@ class GaussianState:
         (for rendering), or with `normalised` equal weights summing to 1 (the shape only)."""
         means = self.copies()
         k = means.shape[0]
-        mass = torch.full((k,), 1 / k, dtype=means.dtype) if normalised else (self.scale * (2 * math.pi / self.precision) ** 1.5).expand(k).clone()
+        mass = torch.full((k,), 1 / k, dtype=means.dtype, device=means.device) if normalised else (self.scale * (2 * math.pi / self.precision) ** 1.5).expand(k).clone()
         return MixtureState(means, self.precision, mass)
 
 
@@ -130,7 +130,7 @@ def unit_images(means: torch.Tensor, precision, rotations: torch.Tensor, shifts:
     ctf = data.ctf if ctf is None else ctf
     n = data.box
     m = n if ctf is None else ctf.shape[-1]
-    var = 1 / torch.as_tensor(precision, dtype=means.dtype)
+    var = 1 / torch.as_tensor(precision, dtype=means.dtype, device=means.device)
     k = means.shape[0]
     y = gmm.project(means, (2 * math.pi * var / data.pixel_size**2).expand(k), var.sqrt().expand(k), rotations, m,
                     data.pixel_size, shifts)

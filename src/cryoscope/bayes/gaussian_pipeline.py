@@ -24,10 +24,11 @@ def initial_state(means: torch.Tensor, sigma: float, poses: Poses, data: ImageSe
                   generator: torch.Generator | None = None, group: torch.Tensor | None = None) -> GaussianState:
     """Means (the asymmetric unit with a point `group`) and σ (Å) given; λ at its conditional mean, then β drawn
     from its conditional."""
-    s = torch.tensor(sigma**-2, dtype=means.dtype)
-    state = GaussianState(means, s, torch.ones((), dtype=means.dtype), torch.ones((), dtype=means.dtype), group)
+    one = torch.ones((), dtype=means.dtype, device=means.device)
+    s = one / sigma**2
+    state = GaussianState(means, s, one.clone(), one.clone(), group)
     unit = unit_images(state.copies(), s, poses.rotations, poses.shifts, data)
-    state.scale, _ = scale_conditional(data.images, unit, torch.ones((), dtype=means.dtype))
+    state.scale, _ = scale_conditional(data.images, unit, one)
     state.noise_precision = draw_noise_precision(state, poses, data, prior, generator)
     return state
 
@@ -48,9 +49,9 @@ def initial_stage(
     """One initial-stage run from means drawn from the prior and random rotations; shifts stay 0. σ defaults to
     2 pixels. With a point `group`, n_components counts the asymmetric unit."""
     prior = prior or GaussianPrior.from_images(data.images, data.pixel_size)
-    p, dt = data.n_images, data.images.dtype
-    means = torch.randn(n_components, 3, generator=generator, dtype=dt) * prior.r**-0.5
-    poses = Poses(random_rotations(p, generator, dtype=dt), torch.zeros(p, 2, dtype=dt))
+    p, dt, dev = data.n_images, data.images.dtype, data.images.device
+    means = torch.randn(n_components, 3, generator=generator, dtype=dt, device=dev) * prior.r**-0.5
+    poses = Poses(random_rotations(p, generator, dtype=dt, device=dev), torch.zeros(p, 2, dtype=dt, device=dev))
     state = initial_state(means, sigma or 2 * data.pixel_size, poses, data, prior, generator, group)
     tuning = Tuning.initial(state, data)
     res = StageResult(state, poses)
@@ -88,9 +89,10 @@ def refinement_stage(
     prior = prior or GaussianPrior.from_images(data.images, data.pixel_size)
     if resume is None:
         k0 = start.state.means.shape[0]
-        pick = torch.arange(n_components) % k0
+        pick = torch.arange(n_components, device=start.state.means.device) % k0
         sigma = start.state.sigma
-        jitter = 0.5 * sigma * torch.randn(n_components, 3, generator=generator, dtype=start.state.means.dtype)
+        jitter = 0.5 * sigma * torch.randn(n_components, 3, generator=generator, dtype=start.state.means.dtype,
+                                           device=start.state.means.device)
         poses = start.poses.clone()
         state = initial_state(start.state.means[pick] + jitter, sigma, poses, data, prior, generator, start.state.group)
         res, tuning = StageResult(state, poses), Tuning.initial(state, data)

@@ -51,10 +51,10 @@ class Tuning:
         base = float(state.noise_precision) * float(state.scale) ** 2 * math.pi / (2 * data.pixel_size**2)
         mu2 = float((full**2).sum()) * 2 / 3
         return Tuning(
-            StepSize(torch.full((1,), factor / math.sqrt(base * p * copies), dtype=dt)),
-            StepSize(torch.full((p,), factor / math.sqrt(base * max(mu2, 1e-12)), dtype=dt)),
-            StepSize(torch.full((1,), 0.01, dtype=dt)),
-            StepSize(torch.full((p,), 5 * factor / math.sqrt(base * k), dtype=dt)),
+            StepSize(torch.full((1,), factor / math.sqrt(base * p * copies), dtype=dt, device=full.device)),
+            StepSize(torch.full((p,), factor / math.sqrt(base * max(mu2, 1e-12)), dtype=dt, device=full.device)),
+            StepSize(torch.full((1,), 0.01, dtype=dt, device=full.device)),
+            StepSize(torch.full((p,), 5 * factor / math.sqrt(base * k), dtype=dt, device=full.device)),
         )
 
     def freeze(self) -> None:
@@ -117,7 +117,7 @@ def draw_precision_and_scale(state: GaussianState, poses: Poses, data: ImageSet,
         q, u, _ = metropolis_step(q, energy, tuning.log_precision, generator, u)
     s = torch.exp(q[0, 0])
     mean, prec = scale_conditional(data.images, unit_images(state.copies(), s, poses.rotations, poses.shifts, data), beta)
-    scale = mean + torch.randn((), generator=generator, dtype=mean.dtype) * prec.rsqrt()
+    scale = mean + torch.randn((), generator=generator, dtype=mean.dtype, device=mean.device) * prec.rsqrt()
     return s, scale
 
 

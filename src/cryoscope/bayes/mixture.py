@@ -35,14 +35,17 @@ class MixtureState:
     def clone(self) -> MixtureState:
         return MixtureState(self.means.clone(), self.precision.clone(), self.weights.clone())
 
+    def to(self, device: torch.device | str) -> MixtureState:
+        return MixtureState(self.means.to(device), self.precision.to(device), self.weights.to(device))
+
 
 def draw_from_prior(n_components: int, ndim: int, prior: MixturePrior, generator: torch.Generator | None = None,
                     dtype: torch.dtype = torch.float64) -> MixtureState:
     """A mixture drawn from the prior (the thesis's initialisation)."""
     s = gamma(prior.a, prior.b, generator, dtype)
-    sd = (prior.r * s).rsqrt() if prior.mean_prior == "scaled" else torch.tensor(prior.r, dtype=dtype).rsqrt()
-    means = torch.randn(n_components, ndim, generator=generator, dtype=dtype) * sd
-    weights = dirichlet(torch.full((n_components,), prior.alpha0, dtype=dtype), generator)
+    sd = (prior.r * s).rsqrt() if prior.mean_prior == "scaled" else torch.tensor(prior.r, dtype=dtype, device=s.device).rsqrt()
+    means = torch.randn(n_components, ndim, generator=generator, dtype=dtype, device=s.device) * sd
+    weights = dirichlet(torch.full((n_components,), prior.alpha0, dtype=dtype, device=s.device), generator)
     return MixtureState(means, s, weights)
 
 
@@ -58,7 +61,7 @@ def draw_means(n: torch.Tensor, s_sum: torch.Tensor, precision: torch.Tensor, pr
         mean, var = s_sum / (n + prior.r)[:, None], 1 / (precision * (n + prior.r))
     else:
         mean, var = precision * s_sum / (precision * n + prior.r)[:, None], 1 / (precision * n + prior.r)
-    return mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype) * var.sqrt()[:, None]
+    return mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device) * var.sqrt()[:, None]
 
 
 def _precision_shape_rate(ssr: torch.Tensor, n_total: torch.Tensor, means: torch.Tensor, prior: MixturePrior):

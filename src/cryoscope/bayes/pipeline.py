@@ -62,7 +62,8 @@ def initial_stage(
     prior = prior or data_prior(data)
     p = data.n_images
     state = draw_from_prior(n_components, 3, prior, generator)
-    poses = Poses(random_rotations(p, generator, dtype=torch.float64), torch.zeros(p, 2, dtype=torch.float64))
+    dev = data.counts.device
+    poses = Poses(random_rotations(p, generator, dtype=torch.float64, device=dev), torch.zeros(p, 2, dtype=torch.float64, device=dev))
     res = StageResult(state, poses)
     for r in range(rounds):
         for _ in range(mixture_steps):

@@ -88,7 +88,7 @@ def draw_latents(state: MixtureState, poses: Poses, data: BinnedImages, generato
     centres = transformed_centres(state.means, poses)
     st = image_assignment_stats(data.pixels, centres[..., :2], state.weights, state.precision, generator)
     n, s, cz = st.n, state.precision, centres[..., 2]
-    nu_m = n * cz + torch.randn(n.shape, generator=generator, dtype=n.dtype) * (n / s).sqrt()
+    nu_m = n * cz + torch.randn(n.shape, generator=generator, dtype=n.dtype, device=n.device) * (n / s).sqrt()
     tau = chi2(n.sum(), generator) / s  # Σ (x^m - c_z)² over every count
     nu = torch.cat([st.s, nu_m[..., None]], -1)
     ss = (st.q + 2 * cz * nu_m - n * cz * cz).sum() + tau  # Σ (x^m)² = τ + 2 c_z ν^m - N c_z²
@@ -148,7 +148,7 @@ def draw_shifts(state: MixtureState, stats: LatentStats, poses: Poses, shift_pre
     n_i = stats.n.sum(1)
     prec = n_i * s + shift_precision
     mean = s * (stats.nu[..., :2] - stats.n[..., None] * rm).sum(1) / prec[:, None]
-    return mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype) * prec.rsqrt()[:, None]
+    return mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device) * prec.rsqrt()[:, None]
 
 
 def rotation_scores(state: MixtureState, candidates: torch.Tensor, shifts: torch.Tensor, data: BinnedImages) -> torch.Tensor:
@@ -160,7 +160,7 @@ def rotation_scores(state: MixtureState, candidates: torch.Tensor, shifts: torch
     sigma = torch.full_like(state.weights, state.sigma)
     shared = bool((shifts == shifts[:1]).all())
     groups = [list(range(p))] if shared else [[i] for i in range(p)]
-    out = torch.empty(candidates.shape[0], p, dtype=state.means.dtype)
+    out = torch.empty(candidates.shape[0], p, dtype=state.means.dtype, device=state.means.device)
     for group in groups:
         t = shifts[group[0]].expand(candidates.shape[0], 2)
         mass = gmm.project(state.means, state.weights, sigma, candidates, n, px, t)  # Σ_k w_k N(x) px² per pixel

@@ -25,16 +25,19 @@ def register(app: typer.Typer) -> None:
         voxel_size: float = typer.Option(None, "--voxel-size", help="Voxel size, Å (overrides the header)."),
         compare_resolution: float = typer.Option(25.0, help="Also report the correlation with the map low-passed to this resolution, Å."),
         seed: int = typer.Option(0, help="Random seed."),
+        device: str = typer.Option("auto", help="auto, cpu or cuda."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Fit K isotropic Gaussians (one shared width) to a map by Gibbs sampling or EM (thesis §2.3, §3.1)."""
+        from cryoscope.device import resolve_device
         from cryoscope.io.mrc import read_map
         from cryoscope.workflows.gmm import FitMapSettings, run_fit_map, write_fit_map
 
         settings = FitMapSettings(components, counts, steps, burn_in, thin, method, compare_resolution, seed)
         m = read_map(map_path, voxel_size=voxel_size)
-        fit, metrics = run_fit_map(m, settings, progress)
-        paths = write_fit_map(out, m, fit, settings, metrics, map_path)
+        dev = resolve_device(device)
+        fit, metrics = run_fit_map(m, settings, progress, dev)
+        paths = write_fit_map(out, m, fit, settings, metrics, map_path, dev.type)
         typer.echo(f"wrote {paths['pdb']} and {paths['map']}: K={components}, σ = {metrics['sigma_A']:.2f} Å, "
                    f"correlation with the map {metrics['correlation_with_map']:.4f}, "
                    f"with it at {compare_resolution:g} Å (molmap) {metrics[f'correlation_with_map_molmap_{compare_resolution:g}A']:.4f}")
@@ -61,6 +64,7 @@ def register(app: typer.Typer) -> None:
         pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (overrides the header)."),
         resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt (same options required)."),
         seed: int = typer.Option(0, help="Random seed."),
+        device: str = typer.Option("auto", help="auto, cpu or cuda."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Initial model from class averages: restarts of the initial stage ranked by log-posterior, then a refinement
@@ -70,6 +74,7 @@ def register(app: typer.Typer) -> None:
 
         import torch
 
+        from cryoscope.device import resolve_device
         from cryoscope.io.mrc import ParticleStack
         from cryoscope.workflows.gmm_initial_model import InitialModelSettings, run_initial_model, write_initial_model
 
@@ -82,11 +87,13 @@ def register(app: typer.Typer) -> None:
             from cryoscope.errors import InvalidValueError
 
             raise InvalidValueError(f"image {int(empty.nonzero()[0, 0]) + 1} has no positive density for the Poisson model to bin", images)
-        params = {"command": "gmm initial-model", "images": str(images), "pixel_size": stack.pixel_size, **settings.__dict__}
+        dev = resolve_device(device)
+        params = {"command": "gmm initial-model", "images": str(images), "pixel_size": stack.pixel_size, **settings.__dict__,
+                  "device": dev.type}  # random streams differ between devices: a resume must use the same kind
         out.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ref, metrics = run_initial_model(data, stack.pixel_size, settings, out, params, resume, progress)
+            ref, metrics = run_initial_model(data, stack.pixel_size, settings, out, params, resume, progress, dev)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         metrics["seconds_this_run"] = time.perf_counter() - started

@@ -35,10 +35,11 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()))
 
 
-def run_fit_map(m: Map, settings: FitMapSettings, progress: bool = True) -> tuple[MapFit, dict]:
-    """Fit the mixture to the map's positive density; returns the fit and its metrics."""
-    g = torch.Generator().manual_seed(settings.seed)
-    vol = m.data.double()
+def run_fit_map(m: Map, settings: FitMapSettings, progress: bool = True,
+                device: torch.device | str = "cpu") -> tuple[MapFit, dict]:
+    """Fit the mixture to the map's positive density on `device`; returns the fit (on the CPU) and its metrics."""
+    g = torch.Generator(device=device).manual_seed(settings.seed)
+    vol = m.data.double().to(device)
     bar = tqdm(total=settings.steps, desc="gmm fit-map", unit="step", disable=not progress)
     t0 = time.perf_counter()
     fit = fit_map(vol, m.voxel_size, settings.components, settings.counts, settings.steps, settings.burn_in,
@@ -58,10 +59,11 @@ def run_fit_map(m: Map, settings: FitMapSettings, progress: bool = True) -> tupl
         f"correlation_with_map_molmap_{res:g}A": correlation(model, gaussian_lowpass(positive, res, m.voxel_size)),
         f"correlation_with_map_sharp_lowpass_{res:g}A": correlation(model, lowpass(positive, m.voxel_size / res)),
     }
-    return fit, metrics
+    return MapFit(fit.state.to("cpu"), [s.to("cpu") for s in fit.samples], fit.log_posterior), metrics
 
 
-def write_fit_map(out: Path, m: Map, fit: MapFit, settings: FitMapSettings, metrics: dict, source: Path) -> dict[str, Path]:
+def write_fit_map(out: Path, m: Map, fit: MapFit, settings: FitMapSettings, metrics: dict, source: Path,
+                  device: str = "cpu") -> dict[str, Path]:
     """Pseudo-atoms (PDB, map file frame), posterior-mean map (or the EM map) and its SD map, params and metrics."""
     out.mkdir(parents=True, exist_ok=True)
     vol = m.data.double()
@@ -76,6 +78,7 @@ def write_fit_map(out: Path, m: Map, fit: MapFit, settings: FitMapSettings, metr
     else:
         mean = render(fit.state, box, m.voxel_size, mass)
     write_map(paths["map"], mean.float(), m.voxel_size, protect=(source,))
-    write_params_json(paths["params"], {"command": "gmm fit-map", "map": str(source), "voxel_size": m.voxel_size, **settings.__dict__})
+    write_params_json(paths["params"], {"command": "gmm fit-map", "map": str(source), "voxel_size": m.voxel_size,
+                                        **settings.__dict__, "device": device})
     write_metrics_json(paths["metrics"], {**metrics, "log_posterior_trace": fit.log_posterior})
     return paths

@@ -81,10 +81,10 @@ class InitialModelSettings:
         return None if self.symmetry.upper() == "C1" else symmetry_group(self.symmetry)
 
 
-def _seed(settings: InitialModelSettings, stream: int) -> torch.Generator:
-    """An independent generator per restart (stream r) and for the refinement (stream -1)."""
+def _seed(settings: InitialModelSettings, stream: int, device: torch.device | str) -> torch.Generator:
+    """An independent generator on `device` per restart (stream r) and for the refinement (stream -1)."""
     state = np.random.SeedSequence([settings.seed, stream + 1]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def prepare(images: torch.Tensor, pixel_size: float, settings: InitialModelSettings):
@@ -111,25 +111,32 @@ def _result_to_dict(res: StageResult) -> dict:
             "samples": [[_to_dict(s), _to_dict(p)] for s, p in res.samples]}
 
 
-def _result_from_dict(d: dict, model: str) -> StageResult:
+def _on(d: dict, device: torch.device | str) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+
+
+def _result_from_dict(d: dict, model: str, device: torch.device | str) -> StageResult:
     cls = _state_cls(model)
-    return StageResult(cls(**d["state"]), Poses(**d["poses"]), list(d["log_posterior"]),
-                       [(cls(**s), Poses(**p)) for s, p in d["samples"]])
+    return StageResult(cls(**_on(d["state"], device)), Poses(**_on(d["poses"], device)), list(d["log_posterior"]),
+                       [(cls(**_on(s, device)), Poses(**_on(p, device))) for s, p in d["samples"]])
 
 
 def _tuning_to_dict(t: Tuning) -> dict:
     return {name: [getattr(t, name).value, getattr(t, name).adapt] for name in ("means", "rotations", "log_precision", "shifts")}
 
 
-def _tuning_from_dict(d: dict) -> Tuning:
-    return Tuning(**{name: StepSize(value, adapt) for name, (value, adapt) in d.items()})
+def _tuning_from_dict(d: dict, device: torch.device | str) -> Tuning:
+    return Tuning(**{name: StepSize(value.to(device), adapt) for name, (value, adapt) in d.items()})
 
 
 def run_initial_model(images: torch.Tensor, pixel_size: float, settings: InitialModelSettings, out: Path,
-                      params: dict, resume: bool = False, progress: bool = True) -> tuple[StageResult, dict]:
-    """Restarts of the initial stage (ranked by final log-posterior), then the refinement of the best one.
-    Checkpoints `out/checkpoint.pt` after every restart and every `checkpoint_every` refinement sweeps."""
-    data_i, data_r = prepare(images, pixel_size, settings)
+                      params: dict, resume: bool = False, progress: bool = True,
+                      device: torch.device | str = "cpu") -> tuple[StageResult, dict]:
+    """Restarts of the initial stage (ranked by final log-posterior), then the refinement of the best one, on
+    `device` (the result comes back on the CPU). Checkpoints `out/checkpoint.pt` after every restart and every
+    `checkpoint_every` refinement sweeps."""
+    data_i, data_r = prepare(images.to(device), pixel_size, settings)
+    group = None if settings.group is None else settings.group.to(device)
     engine = pipeline if settings.model == "poisson" else gaussian_pipeline
     ckpt = CheckpointDir(out, params)
     if resume and not ckpt.exists():
@@ -140,20 +147,20 @@ def run_initial_model(images: torch.Tensor, pixel_size: float, settings: Initial
     bar.update(len(saved["restarts"]) * settings.rounds)
     for r in range(len(saved["restarts"]), settings.restarts):
         t0 = time.perf_counter()
-        sym = {} if settings.group is None else {"group": settings.group}
+        sym = {} if group is None else {"group": group}
         res = engine.initial_stage(data_i, settings.initial_components, rounds=settings.rounds, n_rotations=settings.n_rotations,
-                                   generator=_seed(settings, r), callback=lambda _: bar.update(1), **sym)
+                                   generator=_seed(settings, r, device), callback=lambda _: bar.update(1), **sym)
         saved["restarts"].append({"result": _result_to_dict(res), "seconds": time.perf_counter() - t0})
         ckpt.save(r, saved)
     ranked = [float(x["result"]["log_posterior"][-1]) for x in saved["restarts"]]
     best = int(np.argmax(ranked))
-    start = _result_from_dict(saved["restarts"][best]["result"], settings.model)
-    g = _seed(settings, -1)
+    start = _result_from_dict(saved["restarts"][best]["result"], settings.model, device)
+    g = _seed(settings, -1, device)
     resume_ref = None
     if saved["refine"] is not None:
         restore_generator(g, saved["refine"]["generator"])
-        partial = _result_from_dict(saved["refine"]["result"], settings.model)
-        resume_ref = partial if settings.model == "poisson" else (partial, _tuning_from_dict(saved["refine"]["tuning"]))
+        partial = _result_from_dict(saved["refine"]["result"], settings.model, device)
+        resume_ref = partial if settings.model == "poisson" else (partial, _tuning_from_dict(saved["refine"]["tuning"], device))
         bar.update(len(partial.log_posterior))
     t_ref = time.perf_counter()
 
@@ -166,7 +173,7 @@ def run_initial_model(images: torch.Tensor, pixel_size: float, settings: Initial
 
     common = dict(steps=settings.steps, burn_in=settings.burn_in, thin=settings.thin, generator=g, callback=checkpoint, resume=resume_ref)
     if settings.model == "poisson":
-        ref = pipeline.refinement_stage(data_r, settings.components, start.poses, group=settings.group, **common)
+        ref = pipeline.refinement_stage(data_r, settings.components, start.poses, group=group, **common)
     else:
         ref = gaussian_pipeline.refinement_stage(data_r, settings.components, start, **common)
     bar.close()
@@ -185,7 +192,7 @@ def run_initial_model(images: torch.Tensor, pixel_size: float, settings: Initial
         "hand": "projections do not fix the hand: map.mrc and map_other_hand.mrc fit the images equally",
         "log_posterior_trace": ref.log_posterior,
     }
-    return ref, metrics
+    return _result_from_dict(_result_to_dict(ref), settings.model, "cpu"), metrics
 
 
 def fix_gauge(state, poses: Poses):
