@@ -3,7 +3,7 @@ Table 3.1: 73.9 ms in Cython on a laptop; bar: <= 10 ms on this machine). Times 
 (assignments and depths; w, μ, s; rotations; shifts) from a mixture fitted to the 70S map (5 Å/px assumed,
 downsampled to 50³), after one warm-up sweep.
 
-Usage: python benchmarks/gmm_speed.py [--sweeps 5] [--truncation 5]
+Usage: python benchmarks/gmm_speed.py [--sweeps 5] [--threads 2] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweeps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the mixture is fitted on the CPU, then moved)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "gmm" / "speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,24 +39,34 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     state = fit_map(vol, px, 500, 300_000, 30, method="em", generator=g).state
     rot = random_rotations(25, g, dtype=torch.float64)
-    data = BinnedImages.from_images(project(vol, rot).clamp_min(0), px, 10_000)
+    dev = torch.device(args.device)
+    data = BinnedImages.from_images(project(vol, rot).clamp_min(0).to(dev), px, 10_000)
     prior = data_prior(data)
-    poses = Poses(rot.clone(), torch.zeros(25, 2, dtype=torch.float64))
+    state = state.to(dev)
+    if dev.type != "cpu":
+        g = torch.Generator(device=dev).manual_seed(1)
+    poses = Poses(rot.to(dev), torch.zeros(25, 2, dtype=torch.float64, device=dev))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     phases = {"assignments_and_depths": 0.0, "mixture": 0.0, "rotations": 0.0, "shifts": 0.0}
     for sweep in range(args.sweeps + 1):
+        sync()
         t = [time.perf_counter()]
         stats = draw_latents(state, poses, data, g)
+        sync()
         t.append(time.perf_counter())
         state = draw_mixture(state, stats, poses, prior, g)
+        sync()
         t.append(time.perf_counter())
         poses.rotations = draw_rotations(state, stats, poses, g)
+        sync()
         t.append(time.perf_counter())
         poses.shifts = draw_shifts(state, stats, poses, generator=g)
+        sync()
         t.append(time.perf_counter())
         if sweep > 0:
             for name, a, b in zip(phases, t, t[1:]):
                 phases[name] += (b - a) / args.sweeps
-    out = {"components": 500, "images": 25, "box": 50, "counts_per_image": 10_000, "threads": args.threads,
+    out = {"components": 500, "images": 25, "box": 50, "counts_per_image": 10_000, "threads": args.threads, "device": args.device,
            "sigma_A": state.sigma, "ms_per_sweep": 1000 * sum(phases.values()),
            "ms_by_phase": {k: 1000 * v for k, v in phases.items()}}
     print(json.dumps(out, indent=1))
