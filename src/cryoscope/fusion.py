@@ -24,18 +24,20 @@ def compile_enabled() -> bool:
 
 
 def fused(fn: F) -> F:
-    """`fn` compiled with dynamic shapes (without inductor's bounds checks on gathered indices) when enabled."""
+    """`fn` compiled when enabled: first for the shapes of its first call (a later, different size compiles once more
+    with dynamic shapes), without inductor's bounds checks on gathered indices."""
     compiled = torch.compile(fn, dynamic=None, options={"assert_indirect_indexing": False})
-    broken: list[str] = []
+    broken = False
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        nonlocal broken
         if broken or not compile_enabled():
             return fn(*args, **kwargs)
         try:
             return compiled(*args, **kwargs)
         except Exception as err:  # compilation failed: the eager function gives the same result, slower
-            broken.append(str(err))
+            broken = True
             warnings.warn(f"torch.compile of {fn.__qualname__} failed ({type(err).__name__}); running it eagerly",
                           RuntimeWarning, stacklevel=2)
             return fn(*args, **kwargs)

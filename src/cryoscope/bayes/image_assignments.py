@@ -176,7 +176,8 @@ def image_assignment_stats(
     padded = torch.cat([centres, centres[:, -1:].expand(p, pad, 2)], 1).to(compute_dtype)
     padded_weights = torch.nn.functional.pad(weights.to(compute_dtype), (0, pad))
     # scalars go in as 0-d tensors: a new value then reuses the compiled kernels
-    hx, gy, top_x, top_y = _factors(padded, padded_weights, grid, torch.tensor(s, dtype=compute_dtype, device=centres.device), b3)
+    s_t = torch.tensor(s, dtype=compute_dtype, device=centres.device)
+    hx, gy, top_x, top_y = _factors(padded, padded_weights, grid, s_t, b3)
     leaf_mass, group_mass = _masses(hx, gy, b1)
     norm = math.log(s / (2 * math.pi))
     good, loglik = _log_likelihood(group_mass, top_x, top_y, data.image, data.iy, data.ix, data.counts,

@@ -63,7 +63,8 @@ def initial_stage(
     p = data.n_images
     state = draw_from_prior(n_components, 3, prior, generator)
     dev = data.counts.device
-    poses = Poses(random_rotations(p, generator, dtype=torch.float64, device=dev), torch.zeros(p, 2, dtype=torch.float64, device=dev))
+    poses = Poses(random_rotations(p, generator, dtype=torch.float64, device=dev),
+                  torch.zeros(p, 2, dtype=torch.float64, device=dev))
     res = StageResult(state, poses)
     for r in range(rounds):
         for _ in range(mixture_steps):
