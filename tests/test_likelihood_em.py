@@ -248,6 +248,41 @@ def test_global_iterations_correct_a_misjudged_origin():
     assert float(pose_error(est.rotations, R, align=False).max()) < 20.0
 
 
+def test_local_grid_sized_by_the_previous_posterior_keeps_its_mass():
+    """A local grid sized by the previous posterior's spread (`local_sigmas` per-axis sigma, steps of ~sigma) holds
+    that posterior; the fixed grid of `local_range_steps` fine steps (what every local iteration searched before)
+    cuts most of it away, and its M-step then nears hard assignment (see EMSettings)."""
+    from cryoscope.geometry.sampling import local_grid
+    from cryoscope.likelihood.em import _axis_sigma, _score, _search_grids
+    from cryoscope.likelihood.scoring import pose_posterior
+    from cryoscope.physics.projection import fourier_volume
+
+    truth = blob_map(BOX, 0, 16, torch.float32)
+    particles, R, origins, _ = simulate([truth], 8, 1.0, seed=4)
+    idx = torch.arange(8)
+    Y, C = particles.load(idx)
+    sigma2 = torch.ones(BOX // 2 + 1) * float(Y.abs().pow(2).mean())
+    wide = local_grid(R.double(), 12.0, 1.25).float()  # the whole posterior, around the true poses
+    post = pose_posterior(_score(fourier_volume(truth), Y, C, wide, origins[:, None, :], sigma2, 0.5, None))[..., 0]
+    angle = torch.rad2deg(torch.arccos(((torch.einsum("nij,nkij->nk", R.float(), wide) - 1) / 2).clamp(-1, 1)))
+    spread = (post * angle.pow(2)).sum(1).sqrt()  # rms, degrees
+    sigma = _axis_sigma(spread, 3)
+    assert 1.0 < sigma < 4.0  # a posterior much wider than the finest step, well inside the wide grid
+
+    def lost_mass(sigma_deg: float) -> tuple[float, float]:
+        """Posterior mass beyond the half-width of the grid that `_search_grids` builds, and its step."""
+        s = EMSettings(healpix_order=3, min_angular_step_deg=0.5)
+        build, step, _, _, _ = _search_grids(3, R.float(), origins, s, torch.device("cpu"), True, sigma_deg, 0.0)
+        R_grid = build(idx)[0]
+        half_width = float(torch.rad2deg(torch.arccos(((torch.einsum("ij,kij->k", R[0].float(), R_grid[0]) - 1) / 2).clamp(-1, 1))).max())
+        return float((post * (angle > half_width + 0.01)).sum(1).mean()), step
+
+    fixed, fixed_step = lost_mass(0.0)
+    sized, sized_step = lost_mass(sigma)
+    assert fixed > 0.5 and fixed_step < sigma  # the fixed fine grid truncates the posterior
+    assert sized < 0.06 and sized_step <= sigma * 1.001  # 3 sigma: a chi(3) tail of 3 %, for most particles
+
+
 def test_masked_truth_fsc_compares_maps_from_any_frame_alike():
     """A map made in another frame keeps, once rotated onto the truth, only the box's inscribed ball. The unmasked FSC
     against the truth then penalises it for the lost corners; the masked FSC (radius 0.45 N) does not."""

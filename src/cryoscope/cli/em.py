@@ -29,7 +29,7 @@ def _command(kind: str):
         truth_star: Path = typer.Option(None, help="STAR file with true poses (same particle order): reports the pose error."),
         ctf: bool = typer.Option(True, help="Use the CTF (off, with a warning, when the STAR file has none)."),
         pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (when the STAR file has none)."),
-        max_poses: int = typer.Option(32, help="Most poses per particle kept for the M-step (largest posteriors)."),
+        max_poses: int = typer.Option(32, help="Most poses per particle kept for the M-step in global searches (largest posteriors); local searches keep 99.9 % of the posterior mass."),
         batch_size: int = typer.Option(128, help="Images per batch."),
         resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt (same options required)."),
         seed: int = typer.Option(0, help="Random seed (half-sets, class initialisation)."),

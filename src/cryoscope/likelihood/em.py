@@ -90,11 +90,16 @@ class EMSettings:
     grid steps; global_min_step_deg: iterations whose step is at least this search globally (RELION searches
     globally down to a fine step: a particle given a wrong pose by a coarse search is otherwise never recovered);
     min_angular_step_deg / min_shift_step: finest local steps (degrees / pixels; later iterations
-    repeat the finest grid); initial_cutoff: first scoring cutoff (and the lowest ever used); score_margin_shells:
+    repeat the finest grid); local_sigmas / steps_per_sigma: local grids are sized by the previous iteration's
+    posterior spreads (per axis sigma, `_axis_sigma`): they reach at least
+    `local_sigmas` sigma from the previous pose, in steps no finer than sigma / `steps_per_sigma` (a window that
+    truncates the posterior turns the M-step into near-hard assignment and costs resolution: measured on 10,000
+    ribosome particles at SNR 0.05, a ±1° window around poses with sigma ~1.1° took the masked FSC 0.5 vs truth
+    from 0.266 to 0.233 in two iterations); initial_cutoff: first scoring cutoff (and the lowest ever used); score_margin_shells:
     shells beyond the half-map FSC resolution that the next iteration scores (RELION's incr_size: the Wiener-filtered
     references still carry pose information there); march_shells: shells beyond the scoring cutoff that the
     reconstructions keep; rel_threshold / mass / max_poses: pruning of
-    negligible poses (`scoring.significant_poses`); n_wiener: 0 or 1, one FSC-Wiener re-solve per iteration (1) or none (0);
+    negligible poses (`scoring.significant_poses`; max_poses caps only global searches); n_wiener: 0 or 1, one FSC-Wiener re-solve per iteration (1) or none (0);
     mask_radius: soft spherical mask on the references (None: 0.45 N); symmetry: point group (C1, Cn, Dn, T, O, I);
     max_cutoff: highest scoring cutoff (classification works best at limited resolution); once scoring reaches
     it, the maps are reconstructed to Nyquist; solver_iterations: conjugate-gradient steps per map solve.
@@ -109,6 +114,8 @@ class EMSettings:
     global_min_step_deg: float = 7.5
     min_angular_step_deg: float = 0.5
     min_shift_step: float = 0.1
+    local_sigmas: float = 3.0
+    steps_per_sigma: float = 1.0
     score_margin_shells: int = 3
     march_shells: int = 4
     fsc_threshold: float = 0.143
@@ -129,11 +136,12 @@ class EMSettings:
                 f"need 0 < initial_cutoff <= 0.5 cycles/pixel, n_iter >= 1 and batch_size >= 1, "
                 f"got {self.initial_cutoff}, {self.n_iter}, {self.batch_size}"
             )
-        if not (self.min_angular_step_deg > 0 and self.global_min_step_deg > 0 and self.min_shift_step > 0 and self.score_margin_shells >= 0):
+        if not (self.min_angular_step_deg > 0 and self.global_min_step_deg > 0 and self.min_shift_step > 0 and self.score_margin_shells >= 0
+                and self.local_sigmas >= 0 and self.steps_per_sigma > 0):
             raise InvalidValueError(
                 f"need positive steps and a non-negative score margin, got min_angular_step_deg={self.min_angular_step_deg}, "
                 f"global_min_step_deg={self.global_min_step_deg}, min_shift_step={self.min_shift_step}, "
-                f"score_margin_shells={self.score_margin_shells}"
+                f"score_margin_shells={self.score_margin_shells}, local_sigmas={self.local_sigmas}, steps_per_sigma={self.steps_per_sigma}"
             )
         symmetry_group(self.symmetry)
 
@@ -193,8 +201,23 @@ class EMResult:
         return self.class_posterior.argmax(-1)
 
 
+def _axis_sigma(spread: torch.Tensor, n_axes: int) -> float:
+    """Per-axis posterior spread that sizes the next local grids: the 0.9-quantile over particles of the rms spread
+    `spread` [n] (over `n_axes` axes) / sqrt(n_axes). Posterior widths vary between particles (with defocus, view
+    and noise), and a window of 3 median sigma cuts the widest ones (measured: 20-65 % of their mass)."""
+    return float(torch.quantile(spread.double(), 0.9)) / n_axes**0.5
+
+
+def _local_extent(step: float, range_steps: float, sigma: float, s: EMSettings) -> tuple[float, float]:
+    """Step and half-width of a local grid: the step is no finer than sigma / steps_per_sigma, the half-width at
+    least range_steps steps and local_sigmas sigma (sigma: the previous posterior's per-axis spread, 0 if unknown)."""
+    step = max(step, sigma / s.steps_per_sigma)
+    return step, max(range_steps * step, s.local_sigmas * sigma)
+
+
 def _search_grids(
-    it: int, prev_R: torch.Tensor | None, prev_t: torch.Tensor | None, s: EMSettings, device: torch.device, from_prior: bool
+    it: int, prev_R: torch.Tensor | None, prev_t: torch.Tensor | None, s: EMSettings, device: torch.device, from_prior: bool,
+    sigma_deg: float = 0.0, sigma_px: float = 0.0,
 ) -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], float, int, int, tuple[torch.Tensor, int] | None]:
     """Per-batch grid builder (particle indices -> rotations, shifts), angular step, grid sizes, and for a
     global grid its factorisation (base rotations [D, 3, 3], n_psi) for in-plane scoring by FFT.
@@ -202,11 +225,13 @@ def _search_grids(
     Iteration j searches at step step_0 / 2**j: globally (HEALPix order healpix_order + j) while that step is at
     least `global_min_step_deg` and the run did not start from prior poses, else locally around the previous pose.
     Shifts: the full grid at iteration 0, later a local grid of step shift_step / 2**j around the previous origin.
+    Local grids are widened (and their steps coarsened) to the previous posterior's per-axis spread sigma_deg /
+    sigma_px (`_local_extent`).
     """
     step0 = healpix_step_deg(s.healpix_order)
     j = max(it, 1) if from_prior else it
-    sstep = max(s.shift_step / 2**j, s.min_shift_step)
-    offsets = shift_grid(s.local_range_steps * sstep, sstep, torch.float32, device)
+    sstep, srange = _local_extent(max(s.shift_step / 2**j, s.min_shift_step), s.local_range_steps, sigma_px, s)
+    offsets = shift_grid(srange, sstep, torch.float32, device)
     if not from_prior and (it == 0 or step0 / 2**it >= s.global_min_step_deg):
         base, n_psi = healpix_base_rotations(s.healpix_order + it, torch.float64, device)
         if s.symmetry.upper() != "C1":
@@ -223,11 +248,11 @@ def _search_grids(
             return grid, torch.cat([local, square.expand(local.shape[0], -1, -1)], 1)
 
         return build_global, step0 / 2**it, grid.shape[0], offsets.shape[0] + square.shape[0], (base, n_psi)
-    step = max(step0 / 2**j, s.min_angular_step_deg)
-    K = local_grid(torch.eye(3, dtype=torch.float64)[None], s.local_range_steps * step, step).shape[1]
+    step, half_width = _local_extent(max(step0 / 2**j, s.min_angular_step_deg), s.local_range_steps, sigma_deg, s)
+    K = local_grid(torch.eye(3, dtype=torch.float64)[None], half_width, step).shape[1]
 
     def build(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        R = local_grid(prev_R[b].to(device, torch.float64), s.local_range_steps * step, step).to(torch.float32)
+        R = local_grid(prev_R[b].to(device, torch.float64), half_width, step).to(torch.float32)
         return R, prev_t[b].to(device)[:, None, :] + offsets
 
     return build, step, K, offsets.shape[0], None
@@ -387,8 +412,11 @@ def expectation_maximization(
             prev_R, prev_t = (prior_rotations.float(), prior_shifts_px.float()) if have_prior else (None, None)
         else:
             prev_R, prev_t = st.rotations, st.shifts_px
-        build, step, n_rot, n_shift, inplane = _search_grids(it, prev_R, prev_t, s, device, have_prior)
+        sigma_deg = _axis_sigma(st.angular_spread_deg, 3) if it > 0 else 0.0  # unknown before the first iteration
+        sigma_px = _axis_sigma(st.shift_spread_px, 2) if it > 0 else 0.0
+        build, step, n_rot, n_shift, inplane = _search_grids(it, prev_R, prev_t, s, device, have_prior, sigma_deg, sigma_px)
         cutoff = st.next_cutoff
+        cap = s.max_poses if inplane is not None else None  # local grids are sized to the posterior: keep its mass
         recon_cutoff = 0.5 if cutoff >= s.max_cutoff else min(0.5, cutoff + s.march_shells / box)
         acc = _Accumulator(K, box, recon_cutoff, s, group, device)
         log_prior = st.class_fractions.to(device).clamp_min(1e-30).log()
@@ -416,7 +444,7 @@ def expectation_maximization(
                     one_hot = torch.zeros_like(post)
                     one_hot[torch.arange(m), assign[b]] = post.sum(1)
                     post = one_hot
-                sig = significant_poses(post.reshape(m, K * Rn, T), s.rel_threshold, s.mass, s.max_poses)
+                sig = significant_poses(post.reshape(m, K * Rn, T), s.rel_threshold, s.mass, cap)
                 acc.add(fvols, Y, C, R_grid, t_grid, sig, Rn, _noise_quantile(b, it), h)
                 out_R[b], out_t[b] = est.rotations.cpu(), est.shifts.cpu()
                 out_sa[b], out_st[b] = est.angular_spread_deg.cpu().float(), est.shift_spread_px.cpu().float()
