@@ -166,6 +166,7 @@ def _spawned_worker(rank: int, fn: Callable[..., Any], world_size: int, port: in
     )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     ctx = init_distributed("cpu", timeout_s=120.0)
+    barrier(ctx)  # every rank has joined: one that returns at once cannot tear the group down under another's setup
     try:
         out = fn(ctx, *args)
         if ctx.is_main:
