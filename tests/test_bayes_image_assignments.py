@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cryoscope.bayes.assignments import assignment_stats
@@ -59,12 +60,13 @@ def test_pixels_far_from_every_component_are_evaluated_exactly():
                    px, draws=100, compute_dtype=torch.float32)
 
 
-def test_bins_of_zero_mass_are_never_drawn_and_the_carried_uniform_is_uniform():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the sampler draws float32 uniforms
+def test_bins_of_zero_mass_are_never_drawn_and_the_carried_uniform_is_uniform(dtype):
     from cryoscope.bayes.image_assignments import _U_MAX, _pick
 
     n = 200_000
-    masses = [torch.full((n,), m) for m in (0.0, 0.0, 1.0, 0.0, 2.0, 0.0)]
-    u = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    masses = [torch.full((n,), m, dtype=dtype) for m in (0.0, 0.0, 1.0, 0.0, 2.0, 0.0)]
+    u = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=dtype)
     u[:100] = _U_MAX  # the largest uniform still lands in the last bin of positive mass
     index, rest = _pick(masses, u)
     hits = torch.bincount(index, minlength=6)

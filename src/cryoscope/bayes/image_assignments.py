@@ -2,8 +2,9 @@
 
 On a pixel grid an isotropic 2-D Gaussian is separable: w_k N(x, y | c_k, 1/s) ∝ w_k g_k(y) h_k(x). So every
 pixel's responsibilities are available without truncation. Components form a three-level tree (b1 groups of b2
-leaves of b3 components, each about K^(1/3)). The per-pixel mass of every leaf, T[p, y, x, leaf] = Σ_{k∈leaf}
-g_k(y) h_k(x), is b3 outer products, and the group masses are sums of it. Each count then descends the
+leaves of b3 components, each about K^(1/3); component k is in leaf k // b3, leaf l in group l mod b1). The per-pixel
+mass of every leaf, T[p, y, x, leaf] = Σ_{k∈leaf} g_k(y) h_k(x), is b3 outer products, and the group masses are
+sums of it. Each count then descends the
 tree by inverse CDF: its group, its leaf, and its component among the leaf's b3 products g_k(y) h_k(x). One
 uniform serves all three levels (its position inside the chosen bin is again uniform). The work per sweep is
 O(P K N²) multiply-adds for T and O(counts · K^(1/3)) for the draws, against O(counts · K) for a dense evaluation.
@@ -100,11 +101,16 @@ def _factors(centres: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, p
 @fused
 def _masses(hx: torch.Tensor, gy: torch.Tensor, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pixel the mass of every leaf, T [P, N (y), N (x), leaves] = Σ_j g_j(y) h_j(x) over the leaf's components,
-    and of every group [P, N, N, b1] (sums of b2 consecutive leaves)."""
+    and of every group [P, N, N, b1]. Leaf l belongs to group l mod b1, so a group's mass is a sum of b2 vectors of
+    b1 consecutive leaves (a strided reduction within b1 leaves vectorises poorly: measured 3.5 against 2.0 ms)."""
     leaf = gy[:, :, None, 0] * hx[:, None, :, 0]
     for j in range(1, hx.shape[2]):
         leaf = leaf + gy[:, :, None, j] * hx[:, None, :, j]
-    return leaf, leaf.reshape(*leaf.shape[:3], b1, -1).sum(-1)
+    blocks = leaf.reshape(*leaf.shape[:3], -1, b1)
+    group = blocks[..., 0, :]
+    for j in range(1, blocks.shape[3]):
+        group = group + blocks[..., j, :]
+    return leaf, group
 
 
 def _pick(masses: list[torch.Tensor], u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,8 +152,8 @@ def _descend(group_mass, leaf_mass, hx, gy, pixel, u, k: int):
     flat = (img * n + iy) * n + ix
     gm, lm, hf, gf = group_mass.reshape(-1), leaf_mass.reshape(-1), hx.reshape(-1), gy.reshape(-1)
     group, u = _pick([gm[flat * b1 + j] for j in range(b1)], u.clamp_max(_U_MAX))
-    leaf, u = _pick([lm[flat * leaves + group * b2 + j] for j in range(b2)], u)
-    leaf = group * b2 + leaf
+    block, u = _pick([lm[flat * leaves + j * b1 + group] for j in range(b2)], u)
+    leaf = block * b1 + group
     at_x = (img * n + ix) * (b3 * leaves) + leaf
     at_y = (img * n + iy) * (b3 * leaves) + leaf
     comp, _ = _pick([hf[at_x + j * leaves] * gf[at_y + j * leaves] for j in range(b3)], u)
@@ -182,7 +188,7 @@ def image_assignment_stats(
     norm = math.log(s / (2 * math.pi))
     good, loglik = _log_likelihood(group_mass, top_x, top_y, data.image, data.iy, data.ix, data.counts,
                                    torch.tensor(norm, dtype=torch.float64, device=centres.device))
-    u = torch.rand(data.count_row.shape, generator=generator, dtype=torch.float64, device=centres.device)
+    u = torch.rand(data.count_row.shape, generator=generator, dtype=compute_dtype, device=centres.device)
     comp = _descend(group_mass, leaf_mass, hx, gy, data.count_pixel, u, k)
 
     values = data.count_values.to(centres.dtype)
