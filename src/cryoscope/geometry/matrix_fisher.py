@@ -18,7 +18,8 @@ import torch
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.rotations import quaternion_to_matrix
 
-_MAX_ROUNDS = 200
+_MAX_ROUNDS = 50
+_PROPOSALS = 8  # per row and round: at >= 50 % acceptance all rows of a small batch usually finish in one round
 _DIM = 4  # quaternions live on S³ in R⁴
 
 
@@ -63,13 +64,18 @@ def sample_bingham(lam: torch.Tensor, generator: torch.Generator | None = None) 
     for _ in range(_MAX_ROUNDS):
         if todo.numel() == 0:
             return out.reshape(shape)
-        y = torch.randn(todo.numel(), _DIM, generator=generator, dtype=lam.dtype, device=lam.device) / omega[todo].sqrt()
+        # _PROPOSALS proposals per row and round; a row keeps its first accepted one (sequential rejection, batched)
+        y = torch.randn(todo.numel(), _PROPOSALS, _DIM, generator=generator, dtype=lam.dtype, device=lam.device)
+        y = y / omega[todo, None].sqrt()
         x = y / y.norm(dim=-1, keepdim=True)
-        log_ratio = -(lam[todo] * x * x).sum(-1) + (_DIM / 2) * torch.log((omega[todo] * x * x).sum(-1)) - log_m[todo]
-        u = torch.rand(todo.numel(), generator=generator, dtype=lam.dtype, device=lam.device)
+        lam_t, omega_t = lam[todo, None], omega[todo, None]
+        log_ratio = -(lam_t * x * x).sum(-1) + (_DIM / 2) * torch.log((omega_t * x * x).sum(-1)) - log_m[todo, None]
+        u = torch.rand(todo.numel(), _PROPOSALS, generator=generator, dtype=lam.dtype, device=lam.device)
         accept = torch.log(u) < log_ratio
-        out[todo[accept]] = x[accept]
-        todo = todo[~accept]
+        done = accept.any(-1)
+        first = accept.to(torch.int8).argmax(-1)
+        out[todo[done]] = x[done, first[done]]
+        todo = todo[~done]
     raise InvalidValueError("matrix Fisher sampler: rejection sampling did not finish (non-finite parameter?)")
 
 
