@@ -48,6 +48,7 @@ def main() -> None:
     poses = Poses(rot.to(dev), torch.zeros(25, 2, dtype=torch.float64, device=dev))
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     phases = {"assignments_and_depths": 0.0, "mixture": 0.0, "rotations": 0.0, "shifts": 0.0}
+    totals = []
     for sweep in range(args.sweeps + 1):
         sync()
         t = [time.perf_counter()]
@@ -64,10 +65,14 @@ def main() -> None:
         sync()
         t.append(time.perf_counter())
         if sweep > 0:
+            totals.append(t[-1] - t[0])
             for name, a, b in zip(phases, t, t[1:]):
                 phases[name] += (b - a) / args.sweeps
+    # this machine's speed drifts between and within runs: blocks of 10 sweeps give its fastest and typical state
+    blocks = sorted(sum(totals[i:i + 10]) / len(totals[i:i + 10]) for i in range(0, len(totals), 10))
     out = {"components": 500, "images": 25, "box": 50, "counts_per_image": 10_000, "threads": args.threads, "device": args.device,
            "sigma_A": state.sigma, "ms_per_sweep": 1000 * sum(phases.values()),
+           "ms_per_sweep_blocks_of_10": {"fastest": 1000 * blocks[0], "median": 1000 * blocks[len(blocks) // 2]},
            "ms_by_phase": {k: 1000 * v for k, v in phases.items()}}
     print(json.dumps(out, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
