@@ -4,9 +4,9 @@ On a pixel grid an isotropic 2-D Gaussian is separable: w_k N(x, y | c_k, 1/s) �
 pixel's responsibilities are available without truncation. Components form a three-level tree (b1 groups of b2
 leaves of b3 components, each about K^(1/3); component k is in leaf k // b3, leaf l in group l mod b1). The per-pixel
 mass of every leaf, T[p, y, x, leaf] = Σ_{k∈leaf} g_k(y) h_k(x), is b3 outer products, and the group masses are
-sums of it. Each count then descends the
-tree by inverse CDF: its group, its leaf, and its component among the leaf's b3 products g_k(y) h_k(x). One
-uniform serves all three levels (its position inside the chosen bin is again uniform). The work per sweep is
+sums of it. Each count then descends the tree by inverse CDF: its group, its leaf, and its component among the
+leaf's b3 products g_k(y) h_k(x). One uniform (in the compute dtype, float32 by default, like the masses) serves all
+three levels (its position inside the chosen bin is again uniform). The work per sweep is
 O(P K N²) multiply-adds for T and O(counts · K^(1/3)) for the draws, against O(counts · K) for a dense evaluation.
 Factors, masses and the descent are fused kernels (`cryoscope.fusion`).
 
