@@ -14,9 +14,6 @@ from cryoscope.geometry.rotations import matrix_to_axis_angle, matrix_to_euler
 from cryoscope.io.mrc import write_map
 from cryoscope.validation.align import fsc_after_alignment
 
-# Above this box the aligned map is resampled without 2x oversampling (memory ~ (2 N)^3 complex values).
-_OVERSAMPLE_MAX_BOX = 256
-
 
 def register(app: typer.Typer) -> None:
     @app.command("align")
@@ -40,8 +37,7 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         weights = None if mask is None else read_mask(mask, m.data.shape, vs).to(dev)
         result = fsc_after_alignment(
-            m.data.to(dev), ref.data.to(dev), vs, weights, flip=flip,
-            oversample=2 if box <= _OVERSAMPLE_MAX_BOX else 1, n_rotations=n_rotations, seed=seed,
+            m.data.to(dev), ref.data.to(dev), vs, weights, flip=flip, n_rotations=n_rotations, seed=seed,
         )
         al = result.alignment
         R = al.R.double().cpu()

@@ -46,17 +46,14 @@ class AlignedFSC(NamedTuple):
     alignment: Alignment
 
 
-def apply_map_alignment(vol: torch.Tensor, alignment: Alignment, oversample: int = 2) -> torch.Tensor:
+def apply_map_alignment(vol: torch.Tensor, alignment: Alignment) -> torch.Tensor:
     """Transform `vol` [N, N, N] by `alignment` (hand flip first, then rotation and shift).
 
-    oversample: trilinear resampling on a Fourier-padded map `oversample` times finer, cropped back,
-    which keeps interpolation loss small up to Nyquist (1: plain trilinear).
+    Cubic B-spline resampling: trilinear resampling would blur and alias the shells near Nyquist, which lowers
+    the FSC of a map that was rotated against one that was not (by 0.02 cycles/pixel at FSC 0.5 for a 64^3 map).
     """
     src = flip_hand(vol) if alignment.flipped else vol
-    n = vol.shape[-1]
-    big = _resize(src, n * oversample)
-    out = rotate_volume(big, alignment.R.to(vol), alignment.shift.to(vol) * oversample)
-    return _resize(out, n)
+    return rotate_volume(src, alignment.R.to(vol), alignment.shift.to(vol), mode="cubic")
 
 
 def _resize(vol: torch.Tensor, box: int) -> torch.Tensor:
@@ -187,16 +184,14 @@ def fsc_after_alignment(
     voxel_size: float | None = None,
     mask: torch.Tensor | None = None,
     flip: bool = True,
-    oversample: int = 2,
     **search,
 ) -> AlignedFSC:
     """Align `vol` onto `reference` (`align_maps`), then the FSC and resolutions (0.5, 0.143) with the reference.
 
-    voxel_size in Å (resolutions in Å are None without it); `mask` is a soft mask applied to both maps for the FSC;
-    `oversample` as in `apply_map_alignment` (memory grows as oversample^3).
+    voxel_size in Å (resolutions in Å are None without it); `mask` is a soft mask applied to both maps for the FSC.
     """
     alignment = align_maps(vol, reference, flip=flip, **search)
-    aligned = apply_map_alignment(vol.to(alignment.R.dtype), alignment, oversample)
+    aligned = apply_map_alignment(vol.to(alignment.R.dtype), alignment)
     reference = reference.to(aligned.dtype)
     alignment = alignment._replace(cc=float(cross_correlation(aligned, reference)))
     curve = fsc(aligned, reference, mask)
