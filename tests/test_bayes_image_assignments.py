@@ -77,3 +77,23 @@ def test_bins_of_zero_mass_are_never_drawn_and_the_carried_uniform_is_uniform(dt
         r = rest[index == b]
         assert abs(float(r.mean()) - 0.5) < 5 * (1 / 12 / r.numel()) ** 0.5
         assert abs(float((r < 0.25).double().mean()) - 0.25) < 5 * (3 / 16 / r.numel()) ** 0.5
+
+
+def test_hashed_uniforms_are_uniform_and_independent_across_counts_and_seeds():
+    from cryoscope.bayes.image_assignments import _uniforms
+
+    n, bins = 1_000_000, 64
+    u = _uniforms(torch.tensor(12345, dtype=torch.int32), n, torch.float64)
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    expected = n / bins
+    chi2 = float(((torch.bincount((u * bins).long(), minlength=bins) - expected) ** 2 / expected).sum())
+    assert chi2 < bins + 5 * (2 * bins) ** 0.5  # chi-square with 63 dof: mean 63, sd 11
+    # neighbouring counts, and the same count under neighbouring seeds, are uncorrelated (sd of r: 1/sqrt(n))
+    v = _uniforms(torch.tensor(12346, dtype=torch.int32), n, torch.float64)
+    for a, b in ((u[:-1], u[1:]), (u, v)):
+        r = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+        assert abs(r) < 5 / n**0.5
+    # pairs of neighbours fill the unit square evenly (an 8 x 8 grid of cells)
+    cells = torch.bincount((u[:-1:2] * 8).long() * 8 + (u[1::2] * 8).long(), minlength=64)
+    expected = n / 2 / 64
+    assert float(((cells - expected) ** 2 / expected).sum()) < 64 + 5 * 128**0.5

@@ -141,16 +141,29 @@ def _log_likelihood(group_mass, top_x, top_y, image, iy, ix, counts, norm: torch
     return good, torch.where(good, counts.double() * (log_mass + norm), 0.0).sum()
 
 
+def _uniforms(seed: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """n uniforms in [0, 1) with 24 random bits, a counter-based hash (lowbias32, C. Wellons) of (seed, index) in
+    wrapping int32 arithmetic: generated inside the fused kernel, where a generator's stream costs a pass of its own."""
+    x = torch.arange(n, dtype=torch.int32, device=seed.device) * -1640531535 + seed  # 0x9E3779B1
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * 0x7FEB352D
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * -2073254261  # 0x846CA68B
+    x = x ^ ((x >> 16) & 0xFFFF)
+    return ((x >> 8) & 0xFFFFFF).to(dtype) * 2.0**-24
+
+
 @fused
-def _descend(group_mass, leaf_mass, hx, gy, pixel, u, k: int):
+def _descend(group_mass, leaf_mass, hx, gy, pixel, seed, k: int):
     """Component [C] of each count: its group from group_mass [P, N, N, b1], its leaf from leaf_mass [P, N, N, L]
-    and its component from the products of hx, gy [P, N, b3, L], for count pixels [3, C] and uniforms u [C] (the
-    index is kept below K where a pixel's mass underflowed; the caller discards those counts)."""
+    and its component from the products of hx, gy [P, N, b3, L], for count pixels [3, C] and uniforms hashed from an
+    int32 seed (the index is kept below K where a pixel's mass underflowed; the caller discards those counts)."""
     n, b1, b3, leaves = group_mass.shape[1], group_mass.shape[-1], hx.shape[2], hx.shape[3]
     b2 = leaves // b1
     img, iy, ix = pixel[0], pixel[1], pixel[2]
     flat = (img * n + iy) * n + ix
     gm, lm, hf, gf = group_mass.reshape(-1), leaf_mass.reshape(-1), hx.reshape(-1), gy.reshape(-1)
+    u = _uniforms(seed, img.shape[0], hx.dtype)
     group, u = _pick([gm[flat * b1 + j] for j in range(b1)], u.clamp_max(_U_MAX))
     block, u = _pick([lm[flat * leaves + j * b1 + group] for j in range(b2)], u)
     leaf = block * b1 + group
@@ -188,8 +201,8 @@ def image_assignment_stats(
     norm = math.log(s / (2 * math.pi))
     good, loglik = _log_likelihood(group_mass, top_x, top_y, data.image, data.iy, data.ix, data.counts,
                                    torch.tensor(norm, dtype=torch.float64, device=centres.device))
-    u = torch.rand(data.count_row.shape, generator=generator, dtype=compute_dtype, device=centres.device)
-    comp = _descend(group_mass, leaf_mass, hx, gy, data.count_pixel, u, k)
+    seed = torch.randint(-(2**31), 2**31, (), generator=generator, dtype=torch.int32, device=centres.device)
+    comp = _descend(group_mass, leaf_mass, hx, gy, data.count_pixel, seed, k)
 
     values = data.count_values.to(centres.dtype)
     if not bool(good.all()):
