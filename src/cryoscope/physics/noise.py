@@ -132,7 +132,8 @@ class BackgroundPatches:
                 raise InvalidValueError(
                     f"background patch of {tuple(p.shape)} px at {self.pixel_size} Å is {shape} px at {pixel_size} Å, smaller than the box {box}"
                 )
-            scaled.append(fourier_resize(p.to(device=device, dtype=torch.float64), shape))
+            p = p.to(device=device, dtype=torch.float64)
+            scaled.append(p if shape == tuple(p.shape) else fourier_resize(p, shape))
         which = torch.randint(len(scaled), (n,), generator=generator).tolist()
         u = torch.rand(n, 2, generator=generator, dtype=torch.float64).tolist()
         out = []
@@ -142,6 +143,14 @@ class BackgroundPatches:
             crop = scaled[i][y0 : y0 + box, x0 : x0 + box]
             out.append((crop - crop.mean()) / crop.std(unbiased=False).clamp_min(1e-30))
         return torch.stack(out).to(dtype)
+
+
+def resample_background(background: BackgroundPatches, pixel_size: float) -> BackgroundPatches:
+    """The patches Fourier-resampled once to `pixel_size` Å, so that repeated `sample` calls at that size are cheap."""
+    factor = background.pixel_size / pixel_size
+    return BackgroundPatches(
+        [fourier_resize(p.double(), tuple(max(1, round(s * factor)) for s in p.shape)).float() for p in background.patches], pixel_size
+    )
 
 
 def load_background_patches(paths: list[str | Path], pixel_size: float | None = None) -> BackgroundPatches:

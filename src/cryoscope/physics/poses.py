@@ -119,3 +119,34 @@ def empirical_rotations(n: int, euler: torch.Tensor, generator: torch.Generator 
         raise InvalidValueError("Euler angles contain NaN or Inf")
     idx = torch.randint(e.shape[0], (n,), generator=generator, device=e.device)
     return euler_to_matrix(e[idx]).to(dtype)
+
+
+POSE_SPECS = "uniform, cap:DEG, band:DEG, views:DEG, star:PATH"
+
+
+def rotations_from_spec(spec: str, n: int, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
+    """n rotations [n, 3, 3] from a named pose distribution: 'uniform', 'cap:DEG' (polar cap), 'band:DEG'
+    (equatorial band), 'views:DEG' (concentrated around the 6 axis views, spread DEG) or 'star:PATH' (resample
+    the angles of a STAR file)."""
+    kind, _, arg = spec.partition(":")
+    kind, arg = kind.strip().lower(), arg.strip()
+    try:
+        if kind == "uniform":
+            return uniform_rotations(n, generator, dtype)
+        if kind == "cap":
+            return polar_cap_rotations(n, float(arg or 30), generator=generator, dtype=dtype)
+        if kind == "band":
+            return equatorial_band_rotations(n, float(arg or 20), generator=generator, dtype=dtype)
+        if kind == "views":
+            axes = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float64)
+            return concentrated_rotations(n, axes, float(arg or 10), generator=generator, dtype=dtype)
+        if kind == "star":
+            from cryoscope.io.star import read_star
+
+            meta = read_star(arg)
+            if meta.euler is None:
+                raise InvalidValueError("STAR file has no angles to resample", arg)
+            return empirical_rotations(n, meta.euler, generator=generator, dtype=dtype)
+    except ValueError:
+        raise InvalidValueError(f"bad pose distribution {spec!r}") from None
+    raise InvalidValueError(f"unknown pose distribution {spec!r} ({POSE_SPECS})")

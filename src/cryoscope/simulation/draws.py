@@ -19,28 +19,7 @@ def _spec(text: str) -> tuple[str, str]:
 
 def draw_rotations(config: SimulationConfig, g: torch.Generator) -> torch.Tensor:
     """Rotations [n, 3, 3] (float64) from the pose distribution named by `config.poses`."""
-    n = config.n_particles
-    kind, arg = _spec(config.poses)
-    try:
-        if kind == "uniform":
-            return poses.uniform_rotations(n, g, torch.float64)
-        if kind == "cap":
-            return poses.polar_cap_rotations(n, float(arg or 30), generator=g, dtype=torch.float64)
-        if kind == "band":
-            return poses.equatorial_band_rotations(n, float(arg or 20), generator=g, dtype=torch.float64)
-        if kind == "views":
-            axes = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float64)
-            return poses.concentrated_rotations(n, axes, float(arg or 10), generator=g, dtype=torch.float64)
-        if kind == "star":
-            from cryoscope.io.star import read_star
-
-            meta = read_star(arg)
-            if meta.euler is None:
-                raise InvalidValueError("STAR file has no angles to resample", arg)
-            return poses.empirical_rotations(n, meta.euler, generator=g, dtype=torch.float64)
-    except ValueError:
-        raise InvalidValueError(f"bad pose distribution {config.poses!r}") from None
-    raise InvalidValueError(f"unknown pose distribution {config.poses!r} (uniform, cap:DEG, band:DEG, views:DEG, star:PATH)")
+    return poses.rotations_from_spec(config.poses, config.n_particles, g, torch.float64)
 
 
 def draw_latents(config: SimulationConfig, g: torch.Generator) -> torch.Tensor:
