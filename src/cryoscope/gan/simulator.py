@@ -18,7 +18,7 @@ from torch import nn
 from cryoscope.errors import InvalidValueError
 from cryoscope.physics.ctf import CTFParams, compute_ctf
 from cryoscope.physics.forward import ImageFormation
-from cryoscope.physics.noise import BackgroundPatches, resample_background
+from cryoscope.physics.noise import BackgroundPatches, noise_std_for_snr, particle_mask, resample_background
 from cryoscope.physics.poses import rotations_from_spec
 from cryoscope.representations.voxel import VoxelMap
 
@@ -137,6 +137,15 @@ class Simulator(nn.Module):
         images = torch.cat(parts)[torch.argsort(torch.cat(order))]
         draws["latent"] = z[which]
         return images, draws
+
+    @torch.no_grad()
+    def set_snr(self, snr: float, radius: float, n: int = 256, db: bool = False, generator: torch.Generator | None = None) -> float:
+        """Set the noise level so that the images have `snr` (as `cryoscope simulate` defines it: the masked signal
+        variance over the noise variance, in a particle mask of `radius` px) for the current map; returns sigma."""
+        clean, _ = self.clean(n, generator)
+        sigma = float(noise_std_for_snr(clean, snr, particle_mask(clean.shape[-1], radius, device=clean.device), db))
+        self.noise.log_sigma.fill_(math.log(sigma))
+        return sigma
 
     def forward(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Simulated particle images [n, N, N]."""

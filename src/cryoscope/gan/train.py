@@ -147,8 +147,8 @@ class GANTrainer:
             for name, p in self.sim.volume.named_parameters():
                 self.ema[name].lerp_(p.detach(), 1 - s.ema_decay)
         self.iteration += 1
-        entry = {"iteration": self.iteration, "box": box, "critic_loss": float(loss_d), "generator_loss": float(loss_g),
-                 **info, "noise_sigma": float(self.sim.noise.sigma), "shift_spread": float(self.sim.shifts.log_spread.exp()),
+        entry = {"iteration": self.iteration, "box": box, "critic_loss": float(loss_d.detach()), "generator_loss": float(loss_g.detach()),
+                 **info, "noise_sigma": float(self.sim.noise.sigma.detach()), "shift_spread": float(self.sim.shifts.log_spread.detach().exp()),
                  "seconds": time.perf_counter() - started}
         self.history.append(entry)
         return entry

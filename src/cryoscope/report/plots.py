@@ -157,3 +157,18 @@ def plot_montage(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_training(path: str | Path, history: list[dict], keys: tuple[str, ...], title: str = "Training", dpi: int = 100) -> Path:
+    """One panel per `keys` entry of the per-iteration log `history` (dicts with 'iteration'), against the iteration."""
+    if not history:
+        raise InvalidValueError("plot_training: empty history")
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6.4, 1.8 * len(keys)), sharex=True, squeeze=False)
+    it = np.array([h["iteration"] for h in history])
+    for ax, key in zip(axes[:, 0], keys):
+        ax.plot(it, [h[key] for h in history], lw=0.8)
+        ax.set_ylabel(key.replace("_", " "), fontsize=8)
+    axes[-1, 0].set_xlabel("generator iteration")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
