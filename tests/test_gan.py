@@ -178,3 +178,29 @@ def test_nan_images_stop_before_training(dataset, tmp_path):
         f.data[5, 3, 3] = float("nan")
     assert main(["cryogan", str(sim / "particles.star"), "-o", str(tmp_path / "o"), "--no-progress"]) == 2
     assert not (tmp_path / "o" / "half1" / "checkpoint.pt").exists()
+
+
+def _data_parallel_worker(ctx, images: torch.Tensor) -> dict:
+    from cryoscope.distributed import all_reduce_sum_
+
+    settings = GANSettings(stages=[(16, 2)], batch_size=4, critic_steps=2, critic_base=4, seed=3)
+    trainer = GANTrainer(_simulator(), RealImages(images, torch.arange(images.shape[0])), settings, ctx)
+    for _ in range(2):
+        trainer.step()
+    raw = trainer.sim.volume.raw.detach().clone()
+    total = raw.clone()
+    all_reduce_sum_([total], ctx)
+    return {"raw": raw, "total": total}
+
+
+def test_two_process_training_keeps_the_ranks_in_step_on_different_minibatches():
+    from cryoscope.distributed import run_spawned
+
+    images = torch.randn(40, BOX, BOX)
+    out = run_spawned(_data_parallel_worker, 2, images)
+    assert torch.allclose(out["total"], 2 * out["raw"], rtol=1e-6, atol=0)  # every rank holds the same map
+    alone = GANTrainer(_simulator(), RealImages(images, torch.arange(40)),
+                       GANSettings(stages=[(16, 2)], batch_size=4, critic_steps=2, critic_base=4, seed=3))
+    for _ in range(2):
+        alone.step()
+    assert not torch.allclose(alone.sim.volume.raw, out["raw"])  # rank 1's minibatches entered the averaged steps

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from cryoscope.distributed import DistContext
 from cryoscope.errors import InvalidValueError
 from cryoscope.gan.data import RealImages, image_statistics
 from cryoscope.gan.simulator import NoiseModel, ShiftModel, Simulator, draw_latents
@@ -103,21 +104,22 @@ def _write_log(path: Path, history: list[dict]) -> None:
 
 
 def train_half(data: GANData, indices: torch.Tensor, simulator: Simulator, settings: GANSettings, out_dir: Path, params: dict,
-               resume: bool, progress: bool, checkpoint_every: int, device: torch.device, label: str) -> GANTrainer:
-    """Train on particles `indices`, checkpointing every `checkpoint_every` iterations in `out_dir` (and at the end)."""
+               resume: bool, progress: bool, checkpoint_every: int, ctx: DistContext, label: str) -> GANTrainer:
+    """Train on particles `indices`, checkpointing every `checkpoint_every` iterations in `out_dir` (and at the end);
+    under torch.distributed every rank trains on its own minibatches and rank 0 writes."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    real = RealImages(data.stack, indices, data.scale, device, data.source)
-    trainer = GANTrainer(simulator.to(device), real, settings)
+    real = RealImages(data.stack, indices, data.scale, ctx.device, data.source)
+    trainer = GANTrainer(simulator.to(ctx.device), real, settings, ctx)
     ckpt = CheckpointDir(out_dir, params)
     if resume and ckpt.exists():
         trainer.load_state_dict(ckpt.load()[1])
     total = settings.iterations
-    bar = tqdm(total=total, initial=trainer.iteration, desc=label, unit="it", disable=not progress)
+    bar = tqdm(total=total, initial=trainer.iteration, desc=label, unit="it", disable=not (progress and ctx.is_main))
     while trainer.iteration < total:
         entry = trainer.step()
         bar.update(1)
         bar.set_postfix(box=entry["box"], W=f"{entry['wasserstein']:.3f}")
-        if trainer.iteration % checkpoint_every == 0 or trainer.iteration == total:
+        if ctx.is_main and (trainer.iteration % checkpoint_every == 0 or trainer.iteration == total):
             ckpt.save(trainer.iteration, trainer.state_dict())
             _write_log(out_dir / "log.csv", trainer.history)
     bar.close()
@@ -207,11 +209,19 @@ def write_training_plot(out: Path, trainers: list[GANTrainer]) -> None:
 
 def run_gan(params: dict, out: Path, stages: list[tuple[int, int]], resume: bool, progress: bool, device: str, started: float) -> dict:
     """`cryoscope cryogan` / `multicryogan` with the CLI's `params`: train each half-set, write maps and metrics."""
-    from cryoscope.device import resolve_device
+    from cryoscope.distributed import finalize_distributed, init_distributed
+
+    p, out, ctx = params, Path(out), init_distributed(device)
+    try:
+        return _run_gan(p, out, stages, resume, progress, ctx, started)
+    finally:
+        finalize_distributed(ctx)
+
+
+def _run_gan(p: dict, out: Path, stages: list[tuple[int, int]], resume: bool, progress: bool, ctx: DistContext, started: float) -> dict:
     from cryoscope.physics.noise import load_background_patches
     from cryoscope.workflows.likelihood import finish_run, open_particles, read_references
 
-    p, out, dev = params, Path(out), resolve_device(device)
     multi = p["command"] == "multicryogan"
     meta, particles = open_particles(p["star"], p["pixel_size"], p["ctf"])
     box, px = meta.require_box(), particles.pixel_size
@@ -230,7 +240,9 @@ def run_gan(params: dict, out: Path, stages: list[tuple[int, int]], resume: bool
                               p["seed"] * 1000 + h)
         gs = GANSettings(**settings, seed=p["seed"] * 1000 + h)
         label = f"half {h + 1}" if p["halves"] else "train"
-        trainers.append(train_half(data, idx, sim, gs, out / f"half{h + 1}", p, resume, progress, p["checkpoint_every"], dev, label))
+        trainers.append(train_half(data, idx, sim, gs, out / f"half{h + 1}", p, resume, progress, p["checkpoint_every"], ctx, label))
+    if not ctx.is_main:
+        return {}
     write_training_plot(out, trainers)
     metrics: dict = {"n_particles": meta.n, "box": box, "pixel_size_A": px, "iterations": trainers[0].iteration,
                      "noise_sigma": [t.history[-1]["noise_sigma"] for t in trainers],
