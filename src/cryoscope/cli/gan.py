@@ -39,6 +39,7 @@ def _command(kind: str):
         noise: str = typer.Option("learned", help="Noise: learned (white, learned σ), fixed (white, σ from the image background) or background (real patches, learned scale)."),
         background: list[Path] = typer.Option(None, help="Background patch MRC files (for --noise background)."),
         particle_radius: float = typer.Option(None, help="Particle radius, pixels: support of the map, and the noise estimate outside it (default 0.45 box)."),
+        positivity: bool = typer.Option(True, help="Keep the map non-negative (turn off for maps with negative regions, e.g. sharpened or high-pass filtered ones)."),
         symmetry: str = typer.Option("C1", help="Point group imposed on the map(s): C1, Cn, Dn, T, O or I."),
         halves: bool = typer.Option(True, help="Gold standard: train on even and odd particles independently (half-maps, half-map FSC)."),
         latent: str = typer.Option("uniform", help="Latent prior: uniform (continuous motion on [0, 1]) or categorical:K (discrete states).", hidden=not multi),

@@ -34,11 +34,14 @@ def _symmetrise(density: torch.Tensor, group: torch.Tensor | None) -> torch.Tens
 
 
 class DensityMap(nn.Module):
-    """A real-space map [N, N, N] (voxel units of `amplitude`): non-negative, inside a soft sphere of
-    `support_radius` voxels (default 0.45 N), averaged over `symmetry` (e.g. 'C4', 'D2'; None: no symmetry)."""
+    """A real-space map [N, N, N] (voxel units of `amplitude`): non-negative (unless `positive` is False: maps that
+    were high-pass filtered or sharpened have negative regions), inside a soft sphere of `support_radius` voxels
+    (default 0.45 N), averaged over `symmetry` (e.g. 'C4', 'D2'; None: no symmetry)."""
 
-    def __init__(self, initial: torch.Tensor, amplitude: float, support_radius: float | None = None, symmetry: str | None = None):
+    def __init__(self, initial: torch.Tensor, amplitude: float, support_radius: float | None = None, symmetry: str | None = None,
+                 positive: bool = True):
         super().__init__()
+        self.positive = positive
         if initial.dim() != 3 or len(set(initial.shape)) != 1:
             raise InvalidValueError(f"map must be cubic [N, N, N], got {tuple(initial.shape)}")
         box = initial.shape[-1]
@@ -56,11 +59,14 @@ class DensityMap(nn.Module):
     @torch.no_grad()
     def constrain_(self) -> None:
         """Project the parameters onto the constraints after an optimiser step (non-negative, zero off the support)."""
-        self.raw.clamp_(min=0).mul_(self.support > 0)
+        if self.positive:
+            self.raw.clamp_(min=0)
+        self.raw.mul_(self.support > 0)
 
 
 class ConformationGenerator(nn.Module):
-    """G(z): a latent [B] or [B, d] -> maps [B, N, N, N] = amplitude · relu(V0 + sum_k c_k(z) U_k) inside the support.
+    """G(z): a latent [B] or [B, d] -> maps [B, N, N, N] = amplitude · relu(V0 + sum_k c_k(z) U_k) inside the support
+    (no relu when `positive` is False).
 
     c is a small MLP (d -> width -> width -> K); V0 and the K basis maps U_k are learned real-space maps, so maps
     along the latent trace a curved path in map space (a K-dimensional decoder, the cheapest that can carry a
@@ -68,9 +74,10 @@ class ConformationGenerator(nn.Module):
     """
 
     def __init__(self, initial: torch.Tensor, amplitude: float, n_basis: int = 4, latent_dim: int = 1, width: int = 32,
-                 support_radius: float | None = None, symmetry: str | None = None):
+                 support_radius: float | None = None, symmetry: str | None = None, positive: bool = True):
         super().__init__()
         box = initial.shape[-1]
+        self.positive = positive
         self.amplitude, self.latent_dim = float(amplitude), latent_dim
         self.mean = nn.Parameter(initial.float() / self.amplitude)
         self.basis = nn.Parameter(torch.zeros(n_basis, box, box, box))
@@ -84,7 +91,8 @@ class ConformationGenerator(nn.Module):
         """Maps [B, N, N, N] for latents z [B] or [B, d]."""
         z = z.reshape(-1, self.latent_dim).to(self.mean)
         c = self.coefficients(z)
-        vols = torch.relu(self.mean + torch.einsum("bk,kzyx->bzyx", c, self.basis)) * self.support
+        vols = self.mean + torch.einsum("bk,kzyx->bzyx", c, self.basis)
+        vols = (torch.relu(vols) if self.positive else vols) * self.support
         return _symmetrise(vols, self.group) * self.amplitude
 
     @torch.no_grad()

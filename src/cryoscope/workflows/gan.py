@@ -81,15 +81,16 @@ def initial_map(data: GANData, radius: float, seed: int = 0) -> tuple[torch.Tens
 
 def build_simulator(data: GANData, radius: float, poses: str, shifts: str, max_shift: float, learn_noise: bool,
                     background: BackgroundPatches | None, symmetry: str | None, latent: str | None = None,
-                    n_basis: int = 4, maps_per_batch: int = 8, seed: int = 0) -> Simulator:
+                    n_basis: int = 4, maps_per_batch: int = 8, seed: int = 0, positive: bool = True) -> Simulator:
     """The generator: a density map (latent None) or a conformation generator, with the noise and shift models."""
     blob, amp = initial_map(data, radius, seed)
     if latent is None:
-        volume = DensityMap(blob * amp, amp, support_radius=radius, symmetry=symmetry)
+        volume = DensityMap(blob * amp, amp, support_radius=radius, symmetry=symmetry, positive=positive)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            volume = ConformationGenerator(blob * amp, amp, n_basis=n_basis, support_radius=radius, symmetry=symmetry)
+            volume = ConformationGenerator(blob * amp, amp, n_basis=n_basis, support_radius=radius, symmetry=symmetry,
+                                           positive=positive)
     noise = NoiseModel(data.noise_std, learn_noise, background, data.pixel_size)
     return Simulator(volume, data.pixel_size, data.ctf, noise, ShiftModel(shifts, max_shift), poses, latent, maps_per_batch)
 
@@ -237,7 +238,7 @@ def _run_gan(p: dict, out: Path, stages: list[tuple[int, int]], resume: bool, pr
     for h, idx in enumerate(half_indices(meta.n, p["halves"])):
         sim = build_simulator(data, radius, p["poses"], p["shifts"], p["max_shift"], p["noise"] != "fixed", background,
                               p["symmetry"], p.get("latent") if multi else None, p.get("n_basis", 4), p.get("maps_per_batch", 8),
-                              p["seed"] * 1000 + h)
+                              p["seed"] * 1000 + h, p["positivity"])
         gs = GANSettings(**settings, seed=p["seed"] * 1000 + h)
         label = f"half {h + 1}" if p["halves"] else "train"
         trainers.append(train_half(data, idx, sim, gs, out / f"half{h + 1}", p, resume, progress, p["checkpoint_every"], ctx, label))
