@@ -165,7 +165,7 @@ def density_outputs(maps: list[torch.Tensor], out: Path, pixel_size: float, prot
 def latent_outputs(volume: ConformationGenerator, latent: str, out: Path, pixel_size: float, protect: tuple,
                    frames: torch.Tensor | None, n_maps: int = 10, n_samples: int = 400, seed: int = 0) -> dict:
     """Maps at latent quantiles (`latent_000.mrc`, ...) and, with the true frames [F, N, N, N], which frame each
-    matches best (the whole set aligned once, by the middle map) and the recovered distribution of conformations:
+    matches best (the frames aligned once onto the middle map) and the recovered distribution of conformations:
     the best-matching frame coordinate (0..1) of generated maps at latents drawn from the prior, compared with the
     true frame coordinates by the 1-D Wasserstein distance when the true latents are given in `frames`' order."""
     kind = latent.partition(":")[0]
@@ -178,19 +178,22 @@ def latent_outputs(volume: ConformationGenerator, latent: str, out: Path, pixel_
     metrics: dict = {"latent_maps": len(maps)}
     if frames is None:
         return metrics
-    al = align_maps(maps[len(maps) // 2], frames[len(frames) // 2])
-    aligned = torch.stack([apply_map_alignment(m.double(), al).float() for m in maps])
+    al = align_maps(frames[len(frames) // 2], maps[len(maps) // 2])  # the frames into the generator's gauge, once
+    frames = torch.stack([apply_map_alignment(f.double(), al).float() for f in frames])
+
     def best_frame(v: torch.Tensor) -> int:
         return int(torch.stack([cross_correlation(v, f) for f in frames]).argmax())
-    match = [best_frame(v) for v in aligned]
-    metrics["latent_best_frame"] = match
+
+    match = [best_frame(v) for v in maps]
+    steps = [b - a for a, b in zip(match, match[1:])]
+    metrics["latent_best_frame"] = match  # monotone (either way: the latent's direction is a gauge) when recovered
+    metrics["latent_order_monotone"] = all(d >= 0 for d in steps) or all(d <= 0 for d in steps)
     g = torch.Generator().manual_seed(seed)
     zs = draw_latents(latent, n_samples, g)
+    coords = []
     with torch.no_grad():
-        coords = []
         for chunk in zs.split(16):
-            vols = volume(chunk).float()
-            coords += [best_frame(apply_map_alignment(v.double(), al).float()) / max(len(frames) - 1, 1) for v in vols]
+            coords += [best_frame(v) / max(len(frames) - 1, 1) for v in volume(chunk).float()]
     metrics["recovered_frame_coordinates"] = coords
     return metrics
 
@@ -272,11 +275,11 @@ def latent_distribution_metrics(coords: torch.Tensor, truth_star, latent: str, n
     t = starfile.read(truth_star)
     t = t["particles"] if isinstance(t, dict) else t
     if latent.startswith("categorical"):
-        true = torch.as_tensor(t["rlnClassNumber"].to_numpy()) - 1
+        true = torch.tensor(t["rlnClassNumber"].to_numpy().copy()) - 1
         states = (coords * (n_frames - 1)).round().long()
         return {"state_fractions_recovered": torch.bincount(states, minlength=n_frames).double().div(coords.numel()).tolist(),
                 "state_fractions_true": torch.bincount(true, minlength=n_frames).double().div(true.numel()).tolist()}
-    true = torch.as_tensor(t["cryoscopeLatent"].to_numpy())
+    true = torch.tensor(t["cryoscopeLatent"].to_numpy().copy())
     return {"latent_wasserstein": wasserstein_1d(coords, true), "latent_recovered_quantiles": torch.quantile(
         coords, torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)).tolist()}
 
