@@ -187,7 +187,7 @@ def latent_outputs(volume: ConformationGenerator, latent: str, out: Path, pixel_
     match = [best_frame(v) for v in maps]
     steps = [b - a for a, b in zip(match, match[1:])]
     metrics["latent_best_frame"] = match  # monotone (either way: the latent's direction is a gauge) when recovered
-    metrics["latent_order_monotone"] = all(d >= 0 for d in steps) or all(d <= 0 for d in steps)
+    metrics["latent_order_monotone"] = match[0] != match[-1] and (all(d >= 0 for d in steps) or all(d <= 0 for d in steps))
     g = torch.Generator().manual_seed(seed)
     zs = draw_latents(latent, n_samples, g)
     coords = []
