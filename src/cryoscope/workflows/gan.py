@@ -32,7 +32,7 @@ from cryoscope.physics.noise import BackgroundPatches, masked_variance, particle
 from cryoscope.physics.poses import uniform_rotations
 from cryoscope.representations.voxel import VoxelMap
 from cryoscope.validation.align import apply_map_alignment, align_maps, fsc_after_alignment
-from cryoscope.validation.fsc import fsc, resolution_at
+from cryoscope.validation.fsc import resolution_at
 from cryoscope.validation.metrics import cross_correlation
 
 LOG_KEYS = ("wasserstein", "gradient_penalty", "noise_sigma")
