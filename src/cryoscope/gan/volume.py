@@ -22,6 +22,13 @@ def _support(box: int, radius: float | None) -> torch.Tensor:
     return soft_mask(box, r, min(3.0, r / 4), ndim=3)
 
 
+def _register_constraints(module: nn.Module, box: int, support_radius: float | None, symmetry: str | None) -> None:
+    """Buffers `support` (soft sphere) and `group` (point-group rotations, identity first; identity alone for C1)."""
+    module.register_buffer("support", _support(box, support_radius))
+    group = None if symmetry in (None, "", "C1", "c1") else symmetry_group(symmetry, torch.float32)
+    module.register_buffer("group", group if group is not None else torch.eye(3)[None])
+
+
 def _symmetrise(density: torch.Tensor, group: torch.Tensor | None) -> torch.Tensor:
     """Average of the map over the point group's rotations (identity first), for [N]*3 or [B, N, N, N] maps."""
     if group is None or group.shape[0] == 1:
@@ -47,9 +54,7 @@ class DensityMap(nn.Module):
         box = initial.shape[-1]
         self.amplitude = float(amplitude)
         self.raw = nn.Parameter(initial.float() / self.amplitude)
-        self.register_buffer("support", _support(box, support_radius))
-        group = None if symmetry in (None, "", "C1", "c1") else symmetry_group(symmetry, torch.float32)
-        self.register_buffer("group", group if group is not None else torch.eye(3)[None])
+        _register_constraints(self, box, support_radius, symmetry)
         self.constrain_()
 
     def forward(self) -> torch.Tensor:
@@ -83,9 +88,7 @@ class ConformationGenerator(nn.Module):
         self.basis = nn.Parameter(torch.zeros(n_basis, box, box, box))
         self.coefficients = nn.Sequential(nn.Linear(latent_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
                                           nn.LeakyReLU(0.2), nn.Linear(width, n_basis))
-        self.register_buffer("support", _support(box, support_radius))
-        group = None if symmetry in (None, "", "C1", "c1") else symmetry_group(symmetry, torch.float32)
-        self.register_buffer("group", group if group is not None else torch.eye(3)[None])
+        _register_constraints(self, box, support_radius, symmetry)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Maps [B, N, N, N] for latents z [B] or [B, d]."""
