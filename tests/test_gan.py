@@ -15,7 +15,7 @@ from cryoscope.gan.data import RealImages
 from cryoscope.gan.simulator import NoiseModel, ShiftModel, Simulator
 from cryoscope.gan.train import GANSettings, GANTrainer
 from cryoscope.gan.volume import ConformationGenerator, DensityMap
-from cryoscope.gan.wgan import generator_loss, gradient_penalty
+from cryoscope.nn.wgan import generator_loss, gradient_penalty
 from cryoscope.io.checkpoint import load_checkpoint, save_checkpoint
 from cryoscope.io.mrc import write_map
 from cryoscope.physics.ctf import CTFParams

@@ -99,6 +99,18 @@ def all_reduce_sum_(tensors: list[torch.Tensor], ctx: DistContext) -> None:
     _collective(tensors, ctx, lambda t: dist.all_reduce(t, op=dist.ReduceOp.SUM))
 
 
+def average_gradients_(params, ctx: DistContext | None) -> None:
+    """Data-parallel SGD: replace each parameter's gradient by its mean over ranks (a no-op outside torch.distributed).
+
+    Explicit rather than DDP's hooks, so that losses with a double backward (gradient penalties) average the same way."""
+    if ctx is None or not ctx.distributed:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    all_reduce_sum_(grads, ctx)
+    for g in grads:
+        g /= ctx.world_size
+
+
 def broadcast_(tensors: list[torch.Tensor], ctx: DistContext, src: int = 0) -> None:
     """Overwrite each tensor, in place, with rank `src`'s copy (same shapes and dtypes on every rank)."""
     if not 0 <= src < ctx.world_size:

@@ -6,7 +6,7 @@ cheaper), with a critic of its own, built for that size when the stage starts; t
 Every random draw comes from one generator (rank-dependent under torch.distributed), saved in the checkpoint, so a
 resumed run continues exactly as an uninterrupted one. Under torch.distributed each rank draws its own minibatches
 and the gradients are averaged over ranks before every optimiser step (data-parallel SGD, as DDP does; the gradient
-penalty's double backward is why the averaging is explicit rather than DDP's hooks).
+penalty's double backward is why the averaging is explicit, `average_gradients_`, rather than DDP's hooks).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from cryoscope.distributed import DistContext, all_reduce_sum_
+from cryoscope.distributed import DistContext, average_gradients_
 from cryoscope.errors import InvalidValueError
 from cryoscope.gan.critic import Critic
 from cryoscope.gan.data import RealImages
 from cryoscope.gan.simulator import Simulator
-from cryoscope.gan.wgan import critic_loss, generator_loss
+from cryoscope.nn.wgan import critic_loss, generator_loss
 from cryoscope.io.checkpoint import generator_state, restore_generator
 from cryoscope.physics.filters import fourier_resize
 
@@ -112,14 +112,6 @@ class GANTrainer:
     def _crop(self, images: torch.Tensor, box: int) -> torch.Tensor:
         return images if box == images.shape[-1] else fourier_resize(images, box)
 
-    def _average_gradients(self, params) -> None:
-        if self.ctx is None or not self.ctx.distributed:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        all_reduce_sum_(grads, self.ctx)
-        for g in grads:
-            g /= self.ctx.world_size
-
     def step(self) -> dict:
         """One generator iteration (after `critic_steps` critic steps); returns its log entry."""
         started = time.perf_counter()
@@ -134,13 +126,13 @@ class GANTrainer:
             loss_d, info = critic_loss(self.critic, real, fake, s.gp_weight, g)
             self.critic_opt.zero_grad(set_to_none=True)
             loss_d.backward()
-            self._average_gradients(self.critic.parameters())
+            average_gradients_(self.critic.parameters(), self.ctx)
             self.critic_opt.step()
         fake = self._crop(self.sim(s.batch_size, g), box)
         loss_g = generator_loss(self.critic, fake)
         self.generator_opt.zero_grad(set_to_none=True)
         loss_g.backward()
-        self._average_gradients(self.sim.parameters())
+        average_gradients_(self.sim.parameters(), self.ctx)
         self.generator_opt.step()
         self.sim.volume.constrain_()
         with torch.no_grad():

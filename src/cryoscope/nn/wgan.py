@@ -1,4 +1,4 @@
-"""Wasserstein GAN losses with a gradient penalty (Gulrajani et al. 2017), as CryoGAN trains its critic.
+"""Wasserstein GAN losses with a gradient penalty (Gulrajani et al. 2017), for every adversarial engine.
 
     critic:    L_D = E D(fake) - E D(real) + λ E (||∇_x D(x̂)||_2 - 1)²,   x̂ = ε real + (1 - ε) fake, ε ~ U[0, 1]
     generator: L_G = -E D(fake)
