@@ -24,7 +24,7 @@ from cryoscope.gan.critic import Critic
 from cryoscope.gan.data import RealImages
 from cryoscope.gan.simulator import Simulator
 from cryoscope.nn.wgan import critic_loss, generator_loss
-from cryoscope.io.checkpoint import generator_state, restore_generator
+from cryoscope.io.checkpoint import generator_state, load_optimiser_state, optimiser_state, restore_generator
 from cryoscope.physics.filters import fourier_resize
 
 ADAM_BETAS = (0.5, 0.9)  # the usual WGAN-GP choice
@@ -61,16 +61,6 @@ class GANSettings:
     @property
     def iterations(self) -> int:
         return sum(it for _, it in self.stages)
-
-
-def _optimiser_state(opt: torch.optim.Optimizer) -> dict:
-    """An optimiser's state dict with string keys (checkpoints hold plain data)."""
-    sd = opt.state_dict()
-    return {"state": {str(k): v for k, v in sd["state"].items()}, "param_groups": sd["param_groups"]}
-
-
-def _load_optimiser(opt: torch.optim.Optimizer, saved: dict) -> None:
-    opt.load_state_dict({"state": {int(k): v for k, v in saved["state"].items()}, "param_groups": saved["param_groups"]})
 
 
 class GANTrainer:
@@ -156,9 +146,9 @@ class GANTrainer:
     def state_dict(self) -> dict:
         return {
             "iteration": self.iteration, "generator": generator_state(self.generator), "simulator": self.sim.state_dict(),
-            "generator_opt": _optimiser_state(self.generator_opt), "ema": self.ema, "history": self.history,
+            "generator_opt": optimiser_state(self.generator_opt), "ema": self.ema, "history": self.history,
             "critic": None if self.critic is None else self.critic.state_dict(),
-            "critic_opt": None if self.critic_opt is None else _optimiser_state(self.critic_opt),
+            "critic_opt": None if self.critic_opt is None else optimiser_state(self.critic_opt),
             "settings": {k: (list(map(list, v)) if k == "stages" else v) for k, v in asdict(self.settings).items()},
         }
 
@@ -166,11 +156,11 @@ class GANTrainer:
         self.iteration = int(state["iteration"])
         restore_generator(self.generator, state["generator"])
         self.sim.load_state_dict(state["simulator"])
-        _load_optimiser(self.generator_opt, state["generator_opt"])
+        load_optimiser_state(self.generator_opt, state["generator_opt"])
         self.ema = {k: v.to(self.real.device) for k, v in state["ema"].items()}
         self.history = list(state["history"])
         if state["critic"] is not None:
             k, box = self.stage(max(self.iteration - 1, 0))
             self._build_critic(k, box)
             self.critic.load_state_dict(state["critic"])
-            _load_optimiser(self.critic_opt, state["critic_opt"])
+            load_optimiser_state(self.critic_opt, state["critic_opt"])

@@ -80,6 +80,17 @@ def restore_generator(generator: torch.Generator, state: torch.Tensor) -> torch.
     return generator
 
 
+def optimiser_state(opt: torch.optim.Optimizer) -> dict:
+    """An optimiser's state dict with string keys (checkpoints hold plain data)."""
+    sd = opt.state_dict()
+    return {"state": {str(k): v for k, v in sd["state"].items()}, "param_groups": sd["param_groups"]}
+
+
+def load_optimiser_state(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore an optimiser from `optimiser_state`."""
+    opt.load_state_dict({"state": {int(k): v for k, v in saved["state"].items()}, "param_groups": saved["param_groups"]})
+
+
 class CheckpointDir:
     """The latest checkpoint of a run in an output folder: `OUT/checkpoint.pt`, overwritten at each save.
 

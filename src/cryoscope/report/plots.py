@@ -172,3 +172,27 @@ def plot_training(path: str | Path, history: list[dict], keys: tuple[str, ...], 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_embedding(
+    path: str | Path, embedding: torch.Tensor | np.ndarray, labels: np.ndarray, title: str = "Embedding", dpi: int = 100
+) -> Path:
+    """Scatter of a 2-D embedding [n, 2] coloured by integer label [n] (-1 = noise, grey, drawn first), legend with counts."""
+    xy, lab = _np(embedding), np.asarray(labels).reshape(-1)
+    if xy.ndim != 2 or xy.shape[1] != 2 or xy.shape[0] == 0 or lab.size != xy.shape[0]:
+        raise InvalidValueError(f"plot_embedding: expected an embedding [n, 2] and n labels, got {xy.shape} and {lab.size}")
+    values = np.unique(lab)
+    groups = values[values != -1]
+    colours = plt.get_cmap("tab10" if groups.size <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    for v in values:
+        sel = lab == v
+        colour = "lightgrey" if v == -1 else colours(int(np.searchsorted(groups, v)) % colours.N)
+        name = "noise" if v == -1 else str(v)
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=2, color=colour, lw=0, rasterized=True, label=f"{name} ({int(sel.sum())})")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=4, frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{title} ({xy.shape[0]} particles)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
