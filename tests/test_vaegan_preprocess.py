@@ -76,7 +76,7 @@ def test_standard_normalisation_gives_unit_background_noise_and_the_particle_in_
     (lambda im: normalise(im, 10, "zscore"), "unknown normalisation"),
     (lambda im: normalise(im, 31, "standard"), "background pixels"),
     (lambda im: normalise(torch.where(im > 5, torch.nan, im), 10, "standard"), "NaN"),
-    (lambda im: fit_normalisation(-im, 10, "contrast"), "invert"),
+    (lambda im: fit_normalisation(-im, 10, "contrast"), "standard"),
 ])
 def test_normalisation_refuses_bad_input_with_a_one_line_error(case, match):
     images = _discs(2, 32, 10, 1.0, noise=0.1)

@@ -71,7 +71,8 @@ def _contrast_scale(contrast: torch.Tensor) -> float:
     if not scale > 0:
         raise InvalidValueError(
             f"particles are not brighter than the background on average (mean contrast {scale:.3g}): "
-            "check the contrast sign of the images (invert them, e.g. --invert)"
+            "invert the images if the particles are dark, or use --normalisation standard (CTF-modulated images keep "
+            "almost no mean contrast)"
         )
     return scale
 

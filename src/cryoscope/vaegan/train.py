@@ -3,11 +3,15 @@
     critic:    L_D = E D(x_f) - E D(x) + λ E (||∇D(x̂)|| - 1)²                     (WGAN-GP, λ = 10)
     encoder:   L_E = w_KL KL(q(z|x) || N(0, 1)) + MAE(D_l(x), D_l(x_rec))        (perceptual loss on the critic's
                                                                                  last feature map)
-    generator: L_G = -E D(x_f) - E D(x_rec) - w_div E ||c_rec - c_f|| / ||z_rec - z_f|| + w_perc MAE(D_l(x), D_l(x_rec))
+    generator: L_G = -E D(x_f) - E D(x_rec) + w_div / (ρ + 1e-5) + w_perc MAE(D_l(x), D_l(x_rec)),
+               ρ = mean|c_rec - c_f| / mean|z_rec - z_f|   (mode seeking, Mao et al. 2019)
 
 x: real images; x_f: images of prior latents z_f ~ N(0, 1); x_rec: images of the encoder's latents z_rec (μ + σ ε) of
-x, each with the CTF of its own particle (x_f: of a random particle) and a uniform camera; c: the clean (noise-free)
-images (the diversity term, a mode-seeking ratio, measures the signal, not the noise). Three Adam optimisers (critic,
+x, both with the CTFs of the real batch's particles and the same uniform-camera rotations (so that they differ by the
+latent alone; the critic's own fakes take a random particle's CTF each); c: the clean (noise-free)
+images (the diversity term measures the signal, not the noise). The thesis writes the diversity term as -w_div ρ, which
+is unbounded below (a generator lowers it without limit by inflating image differences); 1 / ρ is the bounded form of
+the mode-seeking GAN that it cites. Three Adam optimisers (critic,
 encoder, generators = signal + noise), the learning rate decayed by `lr_decay` every `decay_every` steps, and an
 exponential moving average of the generators, which analysis uses. Every draw comes from one CPU generator saved in
 the checkpoint; under torch.distributed the gradients are averaged over ranks (`distributed.average_gradients_`).
@@ -122,20 +126,20 @@ class VAEGANTrainer:
 
         mean, log_var = m.encoder(real)
         z_rec = reparameterise(mean, log_var, g)
-        draws = m.draw(s.batch_size, g, device)
-        clean_rec = m.clean(z_rec, ctf_real, draws.get("rotations"))
-        rec = m.add_noise(clean_rec, draws["z_noise"], g)
-        fake, clean_fake, fake_draws = self._fake(s.batch_size, device)
+        prior = m.draw(s.batch_size, g, device)  # x_f and x_rec share camera and CTFs: they differ by latent alone
+        clean_fake = m.clean(prior["z"], ctf_real, prior.get("rotations"))
+        clean_rec = m.clean(z_rec, ctf_real, prior.get("rotations"))
+        fake = m.add_noise(clean_fake, prior["z_noise"], g)
+        rec = m.add_noise(clean_rec, torch.randn(prior["z_noise"].shape, generator=g).to(device), g)
         with torch.no_grad():
             _, features_real = m.critic.features(real)
         score_rec, features_rec = m.critic.features(rec)
         perceptual = _mae(features_real, features_rec)
         kl = kl_divergence(mean, log_var)
         loss_e = s.kl_weight * kl + perceptual
-        diversity = ((clean_rec - clean_fake).flatten(1).norm(dim=1)
-                     / (z_rec - fake_draws["z"]).norm(dim=1).clamp_min(1e-6)).mean()
+        diversity = (clean_rec - clean_fake).abs().mean() / (z_rec - prior["z"]).abs().mean()
         adversarial = -m.critic(fake).mean() - score_rec.mean()
-        loss_g = adversarial - s.diversity_weight * diversity + s.perceptual_weight * perceptual
+        loss_g = adversarial + s.diversity_weight / (diversity + 1e-5) + s.perceptual_weight * perceptual
         self._update("encoder", loss_e, retain=True)
         self._update("generators", loss_g)
         with torch.no_grad():
@@ -144,7 +148,7 @@ class VAEGANTrainer:
             for avg, b in zip(self.ema.buffers(), m.generators.buffers()):
                 avg.copy_(b)
         self.step_count += 1
-        entry = {"step": self.step_count, "critic_loss": float(loss_d.detach()), **info,
+        entry = {"iteration": self.step_count, "critic_loss": float(loss_d.detach()), **info,
                  "encoder_loss": float(loss_e.detach()), "kl": float(kl.detach()), "perceptual": float(perceptual.detach()),
                  "generator_loss": float(loss_g.detach()), "diversity": float(diversity.detach()),
                  "noise_sigma": m.noise_sigma(64, torch.Generator().manual_seed(0)), "lr": self.learning_rate(),
