@@ -24,6 +24,7 @@ from cryoscope.distributed import DistContext, barrier
 from cryoscope.errors import InvalidValueError, MissingDataError
 from cryoscope.io.atomic import atomic_path
 from cryoscope.io.checkpoint import CheckpointDir
+from cryoscope.io.runinfo import write_params_json
 from cryoscope.physics.ctf import compute_ctf
 from cryoscope.vaegan.model import VAEGAN, VAEGANConfig
 from cryoscope.vaegan.preprocess import ImageCache, build_cache
@@ -102,7 +103,9 @@ def _run_train(p: dict, out: Path, resume: bool, progress: bool, ctx: DistContex
     trainer = VAEGANTrainer(model, data, settings, ctx)
     ckpt = CheckpointDir(out, p)
     if resume and ckpt.exists():
-        trainer.load_state_dict(ckpt.load()[1])
+        trainer.load_state_dict(ckpt.load()[1])  # refuses other run parameters
+    if ctx.is_main:  # written before training, so that the checkpoint of a run still going can be analysed
+        write_params_json(out / "params.json", p)
     bar = tqdm(total=settings.steps, initial=trainer.step_count, desc="vaegan", unit="step",
                disable=not (progress and ctx.is_main))
     while trainer.step_count < settings.steps:
@@ -130,7 +133,7 @@ def load_trained(train_dir: Path, device: torch.device | str = "cpu") -> tuple[V
     """The trained model (generators as their moving average) and the training run's params."""
     params_path = train_dir / "params.json"
     if not params_path.is_file():
-        raise MissingDataError("no params.json: not a finished `cryoscope vaegan train` folder", train_dir)
+        raise MissingDataError("no params.json: not a `cryoscope vaegan train` folder", train_dir)
     p = json.loads(params_path.read_text())
     ckpt = CheckpointDir(train_dir, p)
     if not ckpt.exists():
