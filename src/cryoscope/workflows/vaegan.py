@@ -74,6 +74,23 @@ def background_sigma(cache: ImageCache, radius_px: float, n: int = 1000) -> floa
     return float(images[:, outside].std())
 
 
+def input_units(stack, p: dict, cache: ImageCache, n: int = 1000) -> float:
+    """Input-image units of white noise per cached unit: the normalisation divisor (the contrast scale, or for
+    "standard" the mean background standard deviation of up to n evenly spaced input images) over the downsampling's
+    gain on white noise (measured: box/N for Fourier cropping)."""
+    from cryoscope.vaegan.preprocess import downsample
+
+    images = torch.as_tensor(stack[np.linspace(0, len(stack) - 1, min(n, len(stack))).astype(np.int64)]).float()
+    box_in = images.shape[-1]
+    gain = float(downsample(torch.randn(64, box_in, box_in, generator=torch.Generator().manual_seed(0)), cache.box,
+                            p["resample"]).std())
+    if p["normalisation"] == "contrast":
+        return cache.scale / gain
+    c = torch.arange(box_in) - box_in // 2
+    outside = (c[:, None] ** 2 + c[None, :] ** 2) > (p["particle_radius"] or 0.4 * box_in) ** 2
+    return float(images[:, outside].std(dim=1).mean()) / gain
+
+
 def run_train(p: dict, out: Path, resume: bool, progress: bool, device: str) -> dict:
     """`cryoscope vaegan train`: cache the images, then train; checkpoints every `checkpoint_every` steps."""
     from cryoscope.distributed import finalize_distributed, init_distributed
@@ -176,7 +193,7 @@ def run_analyze(p: dict, out: Path, progress: bool, device: str) -> dict:
     dev = resolve_device(device)
     model, tp = load_trained(Path(p["train_dir"]), dev)
     ctx = _Ctx(rank=0, world_size=1, device=dev)
-    meta, _, cache, px = open_cache(tp, Path(p["train_dir"]), ctx, progress)
+    meta, particles, cache, px = open_cache(tp, Path(p["train_dir"]), ctx, progress)
     latents = encode(model, cache, progress=progress)
     with atomic_path(out / "latents.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, latents)
@@ -195,7 +212,7 @@ def run_analyze(p: dict, out: Path, progress: bool, device: str) -> dict:
     if p.get("reference") and maps:
         metrics |= _map_scores(maps, p["reference"], px, model.config.box)
     if p.get("noise_sigma_truth"):
-        est = metrics["noise_sigma"] * cache.scale  # back to the input images' units
+        est = metrics["noise_sigma"] * input_units(particles.stack, tp, cache)  # back to the input images' units
         metrics |= {"noise_sigma_input_units": est, "noise_sigma_truth": p["noise_sigma_truth"],
                     "noise_sigma_relative_error": est / p["noise_sigma_truth"] - 1}
     _analysis_report(out, model, analysis, latents, truth, metrics)
