@@ -19,6 +19,15 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (many small steps: thread hand-offs would cost more than the work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

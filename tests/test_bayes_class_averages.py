@@ -28,13 +28,7 @@ from cryoscope.physics.shift import translate
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # L-BFGS-B takes hundreds of small steps; on a busy machine torch's thread hand-offs cost more than the steps.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small steps: see conftest
 
 
 def _blobs(centres_A: list[list[float]], amplitudes: list[float], box: int, pixel_size: float, rotations=None) -> torch.Tensor:

@@ -14,12 +14,7 @@ from cryoscope.io.mrc import ParticleStack, write_stack
 from cryoscope.vaegan.preprocess import ImageCache, build_cache, downsample, fit_normalisation, normalise
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small steps: see conftest
 
 
 def _radius(n: int) -> torch.Tensor:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +182,6 @@ def decode_images(model: VAEGAN, latents: np.ndarray) -> torch.Tensor:
 def run_analyze(p: dict, out: Path, progress: bool, device: str) -> dict:
     """`cryoscope vaegan analyze`: embed, cluster, per-cluster maps and representatives, subsets, report."""
     from cryoscope.device import resolve_device
-    from cryoscope.distributed import DistContext as _Ctx  # single process
     from cryoscope.vaegan.cluster import analyse_latents, clustering_scores
     from cryoscope.vaegan.subsets import write_cluster_subsets
 
@@ -192,7 +189,7 @@ def run_analyze(p: dict, out: Path, progress: bool, device: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     model, tp = load_trained(Path(p["train_dir"]), dev)
-    ctx = _Ctx(rank=0, world_size=1, device=dev)
+    ctx = DistContext(rank=0, world_size=1, device=dev)  # one process
     meta, particles, cache, px = open_cache(tp, Path(p["train_dir"]), ctx, progress)
     latents = encode(model, cache, progress=progress)
     with atomic_path(out / "latents.npy") as tmp, open(tmp, "wb") as f:
