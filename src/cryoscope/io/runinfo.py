@@ -1,7 +1,8 @@
-"""Run records: params.json and metrics.json beside every run's outputs, written atomically."""
+"""Run records: params.json and metrics.json beside every run's outputs, and training logs (CSV), written atomically."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -52,3 +53,13 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> Path:
 def write_params_json(path: str | Path, params: Mapping[str, Any]) -> Path:
     """Write a run's params.json atomically (the inputs and options that produced the outputs)."""
     return _write_json(path, params)
+
+
+def write_log_csv(path: str | Path, history: list[dict]) -> None:
+    """Write a training log (one dict of numbers per step, the same keys in each) as CSV atomically; nothing if empty."""
+    if not history:
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)

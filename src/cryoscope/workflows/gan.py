@@ -8,7 +8,6 @@ gauges), `map.mrc` (their average), and for Multi-CryoGAN `latent_000.mrc ...` (
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ from cryoscope.gan.data import RealImages, image_statistics
 from cryoscope.gan.simulator import NoiseModel, ShiftModel, Simulator, draw_latents
 from cryoscope.gan.train import GANSettings, GANTrainer
 from cryoscope.gan.volume import ConformationGenerator, DensityMap
-from cryoscope.io.atomic import atomic_path
 from cryoscope.io.checkpoint import CheckpointDir
 from cryoscope.io.mrc import write_map
+from cryoscope.io.runinfo import write_log_csv
 from cryoscope.physics.ctf import compute_ctf
 from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.forward import ImageFormation
@@ -95,15 +94,6 @@ def build_simulator(data: GANData, radius: float, poses: str, shifts: str, max_s
     return Simulator(volume, data.pixel_size, data.ctf, noise, ShiftModel(shifts, max_shift), poses, latent, maps_per_batch)
 
 
-def _write_log(path: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-
-
 def train_half(data: GANData, indices: torch.Tensor, simulator: Simulator, settings: GANSettings, out_dir: Path, params: dict,
                resume: bool, progress: bool, checkpoint_every: int, ctx: DistContext, label: str) -> GANTrainer:
     """Train on particles `indices`, checkpointing every `checkpoint_every` iterations in `out_dir` (and at the end);
@@ -122,7 +112,7 @@ def train_half(data: GANData, indices: torch.Tensor, simulator: Simulator, setti
         bar.set_postfix(box=entry["box"], W=f"{entry['wasserstein']:.3f}")
         if ctx.is_main and (trainer.iteration % checkpoint_every == 0 or trainer.iteration == total):
             ckpt.save(trainer.iteration, trainer.state_dict())
-            _write_log(out_dir / "log.csv", trainer.history)
+            write_log_csv(out_dir / "log.csv", trainer.history)
     bar.close()
     return trainer
 

@@ -10,7 +10,6 @@ subsets), per cluster `cluster_NNN.mrc` (3-D model: the map at the cluster's mea
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -22,8 +21,9 @@ from cryoscope.distributed import DistContext, barrier
 from cryoscope.errors import InvalidValueError, MissingDataError
 from cryoscope.io.atomic import atomic_path
 from cryoscope.io.checkpoint import CheckpointDir
-from cryoscope.io.runinfo import write_params_json
+from cryoscope.io.runinfo import write_log_csv, write_params_json
 from cryoscope.physics.ctf import compute_ctf
+from cryoscope.physics.filters import frequency_magnitude
 from cryoscope.vaegan.model import VAEGAN, VAEGANConfig
 from cryoscope.vaegan.preprocess import ImageCache, build_cache
 from cryoscope.vaegan.train import TrainingImages, VAEGANSettings, VAEGANTrainer
@@ -31,13 +31,6 @@ from cryoscope.vaegan.train import TrainingImages, VAEGANSettings, VAEGANTrainer
 LOG_KEYS = ("wasserstein", "perceptual", "kl", "diversity", "noise_sigma")
 CONFIG_KEYS = ("box", "model", "latent_dim", "noise_dim", "invariant", "noise", "network_base", "network_blocks",
                "field_hidden", "field_layers")
-
-
-def _write_log(path: Path, history: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
 
 
 def open_cache(p: dict, out: Path, ctx: DistContext, progress: bool):
@@ -63,13 +56,19 @@ def _ctf_function(particles, box: int, pixel_size: float):
     return lambda positions: compute_ctf(particles.ctf[positions], box, pixel_size).float()
 
 
+def _sample(images, n: int) -> torch.Tensor:
+    """Up to n evenly spaced images of an indexable stack or cache, float32 [m, N, N]."""
+    return torch.as_tensor(images[np.linspace(0, len(images) - 1, min(n, len(images))).astype(np.int64)]).float()
+
+
+def _background(images: torch.Tensor, radius_px: float) -> torch.Tensor:
+    """The pixels [m, k] of images [m, N, N] outside a disc of `radius_px` about the centre (index N // 2)."""
+    return images[:, frequency_magnitude(images.shape[-1]) > radius_px]
+
+
 def background_sigma(cache: ImageCache, radius_px: float, n: int = 1000) -> float:
     """Standard deviation outside a centred disc of `radius_px` (cached pixels) over up to n evenly spaced images."""
-    images = cache[np.linspace(0, len(cache) - 1, min(n, len(cache))).astype(np.int64)]
-    box = images.shape[-1]
-    c = torch.arange(box) - box // 2
-    outside = (c[:, None] ** 2 + c[None, :] ** 2) > radius_px**2
-    return float(images[:, outside].std())
+    return float(_background(_sample(cache, n), radius_px).std())
 
 
 def input_units(stack, p: dict, cache: ImageCache, n: int = 1000) -> float:
@@ -78,15 +77,13 @@ def input_units(stack, p: dict, cache: ImageCache, n: int = 1000) -> float:
     gain on white noise (measured: box/N for Fourier cropping)."""
     from cryoscope.vaegan.preprocess import downsample
 
-    images = torch.as_tensor(stack[np.linspace(0, len(stack) - 1, min(n, len(stack))).astype(np.int64)]).float()
+    images = _sample(stack, n)
     box_in = images.shape[-1]
     gain = float(downsample(torch.randn(64, box_in, box_in, generator=torch.Generator().manual_seed(0)), cache.box,
                             p["resample"]).std())
     if p["normalisation"] == "contrast":
         return cache.scale / gain
-    c = torch.arange(box_in) - box_in // 2
-    outside = (c[:, None] ** 2 + c[None, :] ** 2) > (p["particle_radius"] or 0.4 * box_in) ** 2
-    return float(images[:, outside].std(dim=1).mean()) / gain
+    return float(_background(images, p["particle_radius"] or 0.4 * box_in).std(dim=1).mean()) / gain
 
 
 def run_train(p: dict, out: Path, resume: bool, progress: bool, device: str) -> dict:
@@ -129,7 +126,7 @@ def _run_train(p: dict, out: Path, resume: bool, progress: bool, ctx: DistContex
         bar.set_postfix(W=f"{entry['wasserstein']:.3f}", sigma=f"{entry['noise_sigma']:.3f}")
         if ctx.is_main and (trainer.step_count % p["checkpoint_every"] == 0 or trainer.step_count == settings.steps):
             ckpt.save(trainer.step_count, trainer.state_dict())
-            _write_log(out / "log.csv", trainer.history)
+            write_log_csv(out / "log.csv", trainer.history)
     bar.close()
     if not ctx.is_main:
         return {}
@@ -212,7 +209,7 @@ def run_analyze(p: dict, out: Path, progress: bool, device: str) -> dict:
         est = metrics["noise_sigma"] * input_units(particles.stack, tp, cache)  # back to the input images' units
         metrics |= {"noise_sigma_input_units": est, "noise_sigma_truth": p["noise_sigma_truth"],
                     "noise_sigma_relative_error": est / p["noise_sigma_truth"] - 1}
-    _analysis_report(out, model, analysis, latents, truth, metrics)
+    _analysis_report(out, model, analysis, latents, truth, maps, metrics)
     return metrics
 
 
@@ -268,7 +265,8 @@ def _map_scores(maps: dict, reference: str, px: float, box: int) -> dict:
     return out
 
 
-def _analysis_report(out: Path, model: VAEGAN, analysis, latents: np.ndarray, truth: np.ndarray | None, metrics: dict) -> None:
+def _analysis_report(out: Path, model: VAEGAN, analysis, latents: np.ndarray, truth: np.ndarray | None, maps: dict,
+                     metrics: dict) -> None:
     from cryoscope.report.html import ReportFigure, ReportSection, write_report
     from cryoscope.report.plots import plot_central_slices, plot_embedding, plot_montage
 
@@ -281,9 +279,8 @@ def _analysis_report(out: Path, model: VAEGAN, analysis, latents: np.ndarray, tr
         images = decode_images(model, latents[idx])
         figures.append(ReportFigure(plot_montage(out / f"representatives_{c + 1:03d}.png", images, len(idx),
                                                  title=f"cluster {c + 1}: decoded at K-means centres"), f"Cluster {c + 1}"))
-        if model.config.model == "3d":
-            vol = model.signal.render(torch.as_tensor(latents[analysis.labels == c].mean(0), dtype=torch.float32,
-                                                      device=next(model.parameters()).device)).cpu()
+        if f"cluster_{c + 1:03d}" in maps:
+            vol = maps[f"cluster_{c + 1:03d}"]
             figures.append(ReportFigure(plot_central_slices(out / f"cluster_{c + 1:03d}_slices.png", vol,
                                                             f"cluster {c + 1} map"), f"Cluster {c + 1}: central slices"))
     write_report(out / "report.html", "VAE-GAN clustering", [ReportSection("Clusters", figures=figures)], metrics)
