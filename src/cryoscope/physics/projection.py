@@ -332,9 +332,14 @@ def slice_fourier_volume(
     return torch.cat(out, 0)
 
 
-def sample_fourier_volume(fvol: torch.Tensor, rotations: torch.Tensor, freqs: torch.Tensor, box: int) -> torch.Tensor:
-    """Trilinear samples [n, P] (complex) of a (trilinear) `fourier_volume` at A^T k for rotations [n, 3, 3] and
-    frequencies k [P, 3] (x, y, z) in cycles per N box: central sections at any in-plane points (k_z = 0)."""
+def sample_fourier_volume(
+    fvol: torch.Tensor, rotations: torch.Tensor, freqs: torch.Tensor, box: int, kernel: str = "trilinear"
+) -> torch.Tensor:
+    """Samples [n, P] (complex) of a `fourier_volume` at A^T k for rotations [n, 3, 3] and frequencies k [P, 3]
+    (x, y, z) in cycles per N box; `kernel`: the one `fvol` was made with. With k_z = 0 these are central
+    sections at any in-plane points; with identity rotations, the transform at arbitrary 3-D frequencies."""
+    if kernel != "trilinear":
+        return _sample_separable(fvol, rotations, freqs, box, kernel)
     size = fvol.shape[-1]
     flat, t = _corners(rotations, freqs, size, box)
     g = fvol.reshape(-1).index_select(0, (flat + _offsets(size, fvol.device)).reshape(-1))  # corners x fastest
@@ -345,23 +350,28 @@ def sample_fourier_volume(fvol: torch.Tensor, rotations: torch.Tensor, freqs: to
     return torch.view_as_complex(torch.lerp(g[0], g[1], t[2]).contiguous())
 
 
-def _slice_separable(fvol: torch.Tensor, rotations: torch.Tensor, box: int, cutoff: float | None, kernel: str) -> torch.Tensor:
-    """`slice_fourier_volume` with a width-W separable kernel (W^3 gathered neighbours, contracted axis by axis)."""
+def _sample_separable(fvol: torch.Tensor, rotations: torch.Tensor, freqs: torch.Tensor, box: int, kernel: str) -> torch.Tensor:
+    """`sample_fourier_volume` with a width-W separable kernel (W^3 gathered neighbours, contracted axis by axis)."""
     size = fvol.shape[-1]
     k, m = _grid_kernel(size, box, kernel)
-    layout = slice_layout(box, cutoff, fvol.device)
-    table = fvol.reshape(-1)
-    offs = _separable_offsets(size, k.width, fvol.device)
     wd = k.width
+    flat, w = _separable(rotations, freqs, size, m / box, k)
+    offs = _separable_offsets(size, wd, fvol.device)
+    g = torch.view_as_real(fvol.reshape(-1).index_select(0, (flat + offs).reshape(-1))).view(wd, wd, wd, *flat.shape, 2)
+    w = w[..., None].to(g.dtype)
+    g = (g * w[0]).sum(2)  # x
+    g = (g * w[1]).sum(1)  # y
+    return torch.view_as_complex((g * w[2]).sum(0).contiguous())  # z
+
+
+def _slice_separable(fvol: torch.Tensor, rotations: torch.Tensor, box: int, cutoff: float | None, kernel: str) -> torch.Tensor:
+    """`slice_fourier_volume` with a width-W separable kernel."""
+    layout = slice_layout(box, cutoff, fvol.device)
+    wd = _grid_kernel(fvol.shape[-1], box, kernel)[0].width
     out = []
     for part in _chunks(rotations.shape[0], layout.freqs.shape[0] * wd**3 // 8):
-        flat, w = _separable(rotations[part], layout.freqs, size, m / box, k)
-        g = torch.view_as_real(table.index_select(0, (flat + offs).reshape(-1))).view(wd, wd, wd, *flat.shape, 2)
-        w = w[..., None].to(g.dtype)
-        g = (g * w[0]).sum(2)  # x
-        g = (g * w[1]).sum(1)  # y
-        vals = (g * w[2]).sum(0)  # z
-        out.append(expand_half_slices(torch.view_as_complex(vals.contiguous()), layout))
+        vals = _sample_separable(fvol, rotations[part], layout.freqs, box, kernel)
+        out.append(expand_half_slices(vals, layout))
     return torch.cat(out, 0)
 
 

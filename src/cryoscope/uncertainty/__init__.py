@@ -1,0 +1,1 @@
+"""Uncertainty engine: softest modes of the Hessian of the log-likelihood."""
