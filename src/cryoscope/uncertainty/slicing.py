@@ -16,10 +16,10 @@ from cryoscope.geometry.spherical_harmonics import WignerRotation, apply_generat
 
 def perturb(g: torch.Tensor, omega: torch.Tensor, order: int = 3) -> torch.Tensor:
     """E(ω) g ≈ Σ_{n <= order} (ω·(-iJ))^n g / n! for coefficients g [J, ..., L+1, 2L+1] and ω [J, 3] (radians)."""
-    w = omega.to(g.real.dtype).reshape(omega.shape[0], *([1] * (g.dim() - 1)))
+    w = omega.to(g.real.dtype).reshape(omega.shape[0], 3, *([1] * (g.dim() - 1)))
     out, term = g, g
     for n in range(1, order + 1):
-        term = sum(w[..., i] * apply_generator(term, i) for i in range(3)) / n
+        term = sum(w[:, i] * apply_generator(term, i) for i in range(3)) / n
         out = out + term
     return out
 
