@@ -108,11 +108,10 @@ class RingLikelihood:
     def residual_terms(self, x: torch.Tensor, index: slice, omega: torch.Tensor | None = None, rotations: torch.Tensor | None = None) -> torch.Tensor:
         """ℓ_j (or ℓ#_j) [j] of the particles at `index`."""
         r = self.data.rings[index] - self.templates(x, index, omega, rotations)
-        ell = 0.5 * (self.area * (r.real**2 + r.imag**2)).sum((-2, -1))
-        if self._offset is not None:
+        if self._offset is not None:  # remove the least-squares real offset μ c
             c, cc = self._offset
-            ell = ell - 0.5 * (self.area * (c.conj() * r).real).sum((-2, -1)) ** 2 / cc
-        return ell
+            r = r - ((self.area * (c.conj() * r).real).sum((-2, -1)) / cc)[:, None, None] * c
+        return 0.5 * (self.area * (r.real**2 + r.imag**2)).sum((-2, -1))
 
     def per_image(self, x: torch.Tensor, rotations: torch.Tensor | None = None) -> torch.Tensor:
         """ℓ_j [J] at the data's poses (or at `rotations` [J, 3, 3])."""
