@@ -17,6 +17,7 @@ from cryoscope.physics.poses import uniform_rotations
 from cryoscope.representations.shells import from_real, from_voxels, k_max_from_two_pi_k, shell_basis, to_real
 from cryoscope.uncertainty.alignments import ImplicitAlignments, polish_alignments
 from cryoscope.uncertainty.data import ParticleRings, polar_grid_of
+from cryoscope.uncertainty.hessian import EffectiveHessian
 from cryoscope.uncertainty.likelihood import NoiseModel, RingLikelihood, offset_rings
 from cryoscope.uncertainty.moments import VolumetricLikelihood, accumulate_moments
 from cryoscope.uncertainty.slicing import ShellSlicer, default_n_psi
@@ -182,3 +183,18 @@ def test_noise_marginalised_forms(problem):
     shifted = with_offset.with_data(base.data.with_rings(base.data.rings + 3.7 * c))
     np.testing.assert_allclose(shifted.per_image(x).numpy(), with_offset.per_image(x).numpy(), rtol=1e-10)
     assert float((with_offset.per_image(x) - ell).abs().max()) > 0
+
+
+@pytest.mark.parametrize("noise", [NoiseModel(), NoiseModel("marginal", dof=500.0, offset=True)])
+def test_handwritten_effective_hessian_matches_autograd_and_reoptimised_gradients(problem, noise):
+    """EffectiveHessian equals the autograd Schur complement, and both equal central differences of the gradient of
+    the likelihood with the poses re-optimised at x ± h v (the envelope ∇_x L(x, ω*(x)))."""
+    base, x, basis, gen = problem["noisy"], problem["x"], problem["basis"], problem["gen"]
+    lik, _ = polish_alignments(RingLikelihood(basis, base.data, noise, chunk=J), x, tol=1e-13)
+    fast, auto = EffectiveHessian(lik, x), ImplicitAlignments(lik, x)
+    v = torch.randn(x.shape, generator=gen, dtype=torch.float64) * x.std()
+    hv, z = fast.apply(v)
+    assert _rel(hv, auto.matvec(v)) < 1e-10 and _rel(z, auto.first_order(v)) < 1e-10
+    h = 1e-4
+    grads = [polish_alignments(lik, x + s * h * v, iterations=30, tol=1e-14)[0].gradient(x + s * h * v)[0] for s in (1, -1)]
+    assert _rel(hv, (grads[0] - grads[1]) / (2 * h)) < 1e-6

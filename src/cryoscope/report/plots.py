@@ -196,3 +196,69 @@ def plot_embedding(
     ax.set_title(f"{title} ({xy.shape[0]} particles)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_ritz_history(path: str | Path, history: list[torch.Tensor], title: str = "Lanczos Ritz values", dpi: int = 100) -> Path:
+    """Ritz values of every Lanczos iteration (paper Fig. 23): the extreme eigenvalues converge first."""
+    if not history:
+        raise InvalidValueError("plot_ritz_history: empty history")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    cmap = plt.get_cmap("cool")
+    for m, ritz in enumerate(history, 1):
+        r = _np(ritz)
+        ax.scatter(np.full(r.size, m), r, s=3, color=cmap(m / len(history)), lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("Lanczos iteration")
+    ax.set_ylabel("Ritz value (NLL per unit ‖ΔF‖²)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_alignment_field(
+    path: str | Path, R: torch.Tensor, delta: torch.Tensor, title: str = "Implicit alignment changes", dpi: int = 100
+) -> Path:
+    """Δτ over viewing directions (paper Fig. 2, 9): each particle's viewing direction in (rot, tilt), coloured by
+    |Δτ_j| (degrees), with an arrow along the change of its viewing direction. delta [n, 3]: image-frame rotation
+    vectors ω_j (radians) with R_j -> exp([ω_j]x) R_j."""
+    d = _np(viewing_directions(R)).reshape(-1, 3)
+    w = _np(delta).reshape(-1, 3)
+    # exp([ω]x)^T e_z ≈ e_z - ω x e_z, so the direction d = R^T e_z moves by R^T (-ω_y, ω_x, 0)
+    dd = np.einsum("nji,nj->ni", _np(R).reshape(-1, 3, 3), np.stack([-w[:, 1], w[:, 0], np.zeros(len(w))], -1))
+    rot, tilt = np.degrees(np.arctan2(d[:, 1], d[:, 0])), np.degrees(np.arccos(np.clip(d[:, 2], -1, 1)))
+    rho2 = np.maximum(d[:, 0] ** 2 + d[:, 1] ** 2, 1e-12)
+    d_rot = np.degrees((d[:, 0] * dd[:, 1] - d[:, 1] * dd[:, 0]) / rho2)
+    d_tilt = np.degrees(-dd[:, 2] / np.sqrt(rho2))
+    mag = np.degrees(np.linalg.norm(w, axis=-1))
+    fig, ax = plt.subplots(figsize=(7.4, 4.0))
+    order = np.argsort(mag)
+    sc = ax.scatter(rot[order], tilt[order], c=mag[order], s=6, cmap="magma_r", lw=0)
+    ax.quiver(rot, tilt, d_rot * np.sin(np.radians(tilt)), d_tilt, mag, cmap="magma_r", angles="xy", width=0.002)
+    fig.colorbar(sc, ax=ax, label="|Δτ| (°)")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(180, 0)
+    ax.set_xlabel("rot (°)")
+    ax.set_ylabel("tilt (°)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_series(
+    path: str | Path, x: np.ndarray | list, series: Mapping[str, np.ndarray | list], xlabel: str, ylabel: str,
+    title: str, log_y: bool = False, dpi: int = 100,
+) -> Path:
+    """Labelled line plots of several series against one x (eigenvalue spectra, stiffness along a path)."""
+    if not series:
+        raise InvalidValueError("plot_series: no series given")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, y in series.items():
+        ax.plot(np.asarray(x)[: len(y)], np.asarray(y), marker="o", ms=3, lw=1.2, label=label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)

@@ -27,14 +27,29 @@ def safe_inverse(blocks: torch.Tensor, floor: float = 1e-12) -> torch.Tensor:
 def polish_alignments(lik: RingLikelihood, x: torch.Tensor, iterations: int = 8, tol: float = 1e-10) -> tuple[RingLikelihood, list[float]]:
     """Newton steps on each image's rotation (R_j <- exp([ω_j]x) R_j) until max |ω_j| < tol radians.
 
-    Returns the likelihood at the polished poses and the largest step of each iteration (radians).
+    Each image's step is halved (up to 20 times) until its ℓ_j does not increase, so every image descends to a
+    minimum of its own likelihood. Returns the likelihood at the polished poses and the largest step of each
+    iteration (radians).
     """
     steps = []
+    ell = lik.per_image(x)
     for _ in range(iterations):
         H, g = lik.alignment_hessians(x)
         omega = -(safe_inverse(H) @ g[..., None])[..., 0]
+        R = lik.data.rotations
+        for _halving in range(20):
+            trial = axis_angle_to_matrix(omega) @ R
+            ell_trial = lik.per_image(x, trial)
+            worse = ell_trial > ell * (1 + 1e-12) + 1e-300
+            if not bool(worse.any()):
+                break
+            omega = torch.where(worse[:, None], 0.5 * omega, omega)
+        keep = ~(ell_trial > ell * (1 + 1e-12) + 1e-300)
+        omega = torch.where(keep[:, None], omega, torch.zeros_like(omega))
+        trial = axis_angle_to_matrix(omega) @ R
+        ell = torch.where(keep, ell_trial, ell)
         steps.append(float(omega.norm(dim=-1).max()))
-        lik = lik.with_data(lik.data.with_rotations(axis_angle_to_matrix(omega) @ lik.data.rotations))
+        lik = lik.with_data(lik.data.with_rotations(trial))
         if steps[-1] < tol:
             break
     return lik, steps

@@ -24,6 +24,7 @@ import torch
 from cryoscope.geometry.spherical_harmonics import apply_generator
 from cryoscope.representations.shells import ShellBasis, from_real, to_real
 from cryoscope.uncertainty.alignments import ImplicitAlignments
+from cryoscope.uncertainty.hessian import EffectiveHessian
 from cryoscope.uncertainty.lanczos import deflation_basis, eigsh_smallest, lanczos_smallest, logdet_slq
 
 LOG20 = math.log(20.0)
@@ -58,9 +59,10 @@ class SoftModes:
 
 
 class EffectiveOperator:
-    """The effective Hessian in the orthonormal metric coordinates y, with the rigid-rotation deflation basis."""
+    """The effective Hessian (handwritten `EffectiveHessian`, or the autograd `ImplicitAlignments`) in the orthonormal
+    metric coordinates y, with the rigid-rotation deflation basis."""
 
-    def __init__(self, implicit: ImplicitAlignments, basis: ShellBasis):
+    def __init__(self, implicit: EffectiveHessian | ImplicitAlignments, basis: ShellBasis):
         self.implicit, self.basis = implicit, basis
         self.sqrt_m = metric_weights(basis).sqrt()
         self.dim = int(self.sqrt_m.numel())

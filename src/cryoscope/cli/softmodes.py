@@ -1,0 +1,69 @@
+"""`cryoscope softmodes`: softest modes of the Hessian of the log-likelihood of a map given its particles (or images
+simulated from it), and the map regions and image alignments they show to be unreliable."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import typer
+
+
+def softmodes(
+    map_path: Path = typer.Argument(..., metavar="MAP", help="Map (MRC) whose reliability is analysed."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
+    particles: Path = typer.Option(None, help="Aligned particles (STAR with poses, CTF, origins) that the map was made from."),
+    simulate: str = typer.Option(None, help="Instead of particles, noiseless images of the map with poses: uniform, cap:DEG, band:DEG, views:DEG or star:PATH."),
+    n_images: int = typer.Option(1024, help="Simulated images (with --simulate)."),
+    defocus: str = typer.Option("none", help="Simulated defocus: none (no CTF) or MIN:MAX Å (uniform; with --simulate)."),
+    snr: float = typer.Option(0.1, help="Signal-to-noise power ratio inside the band that sets the temperature σ̂² of simulated data."),
+    two_pi_k: float = typer.Option(32.0, "--two-pi-k", help="Resolution 2πK in the paper's units (radians per half box); k_max = 2πK/π cycles per box."),
+    shells: int = typer.Option(0, help="Radial Gauss–Legendre shells (0: ceil(2.4 k_max))."),
+    degree: int = typer.Option(0, help="Largest spherical-harmonic degree L (0: ceil(2πK)); each shell uses min(L, ceil(2π k r) + 2)."),
+    radius: float = typer.Option(0.5, help="Object radius r in box units, which ties each shell's degree to its frequency."),
+    n_psi: int = typer.Option(0, help="Angles per image ring (0: 2L + 2)."),
+    noise: str = typer.Option("low-temperature", help="low-temperature (σ̂² known or estimated), marginal (dof' Σ log ℓ) or affine (log ℓ ≈ aℓ + b)."),
+    temperature: float = typer.Option(None, help="σ̂², noise power per Fourier pixel (default: from the residuals, or from --snr when simulating)."),
+    offset: bool = typer.Option(False, help="Marginalise a constant real-space offset per image (ℓ#)."),
+    ctf: bool = typer.Option(True, help="Use the particles' CTF."),
+    pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (when the files have none)."),
+    polish: int = typer.Option(8, help="Newton iterations that bring each pose to the likelihood's optimum (the implicit-alignment assumption)."),
+    refine_map: int = typer.Option(0, help="Rounds of least-squares map + pose polishing before the analysis (a stationary point for noisy data)."),
+    n_modes: int = typer.Option(7, help="Softest modes to find."),
+    method: str = typer.Option("lanczos", help="lanczos (full re-orthogonalisation) or eigsh (ARPACK)."),
+    max_iter: int = typer.Option(300, help="Largest number of Lanczos iterations (Hessian-vector products)."),
+    tol: float = typer.Option(1e-6, help="Relative residual at which a Ritz pair counts as converged."),
+    check_eigsh: bool = typer.Option(False, help="Also solve with eigsh and report the largest relative difference."),
+    logdet: bool = typer.Option(False, help="Estimate log det of the effective Hessian by stochastic Lanczos quadrature."),
+    maps_for: int = typer.Option(2, help="Modes for which |ΔF| and F ± ΔF maps are written."),
+    fragile: int = typer.Option(20, help="Number of most fragile images listed in metrics.json."),
+    chunk: int = typer.Option(32, help="Images per chunk of the Hessian-vector product (memory)."),
+    dtype: str = typer.Option("float32", help="float32 or float64."),
+    resume: bool = typer.Option(False, help="Reuse OUT/stationary.pt (the polished poses and map) from an earlier run with the same options."),
+    seed: int = typer.Option(0, help="Random seed (simulated poses and defoci, Lanczos start vector)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Softest modes of the Hessian of the log-likelihood (Lanczos), scaled to a log-likelihood ratio of log 20."""
+    from cryoscope.errors import InvalidValueError
+    from cryoscope.workflows.softmodes import run_softmodes
+
+    started = time.perf_counter()
+    if dtype not in ("float32", "float64") or method not in ("lanczos", "eigsh"):
+        raise InvalidValueError(f"--dtype must be float32 or float64 and --method lanczos or eigsh, got {dtype!r}, {method!r}")
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in ("started", "run_softmodes", "InvalidValueError")}
+    params = {"command": "softmodes", "map": params.pop("map_path"), **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device")}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = run_softmodes(params, out, resume, progress, device, started)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    for row in metrics["modes"]:
+        typer.echo(f"mode {row['mode']}: eigenvalue {row['eigenvalue']:.5g}, ‖ΔF‖/‖F‖ at log 20 {row['relative_norm_log20']:.4g}, "
+                   f"max |Δτ| {row['max_alignment_deg']:.3g}°")
+    typer.echo(f"{metrics['hvp_per_second']:.3g} Hessian-vector products/s; wrote {out}/report.html, metrics.json")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("softmodes")(softmodes)
