@@ -17,7 +17,7 @@ from cryoscope.physics.poses import uniform_rotations
 from cryoscope.representations.shells import from_real, from_voxels, k_max_from_two_pi_k, shell_basis, to_real
 from cryoscope.uncertainty.alignments import ImplicitAlignments, polish_alignments
 from cryoscope.uncertainty.data import ParticleRings, polar_grid_of
-from cryoscope.uncertainty.hessian import EffectiveHessian
+from cryoscope.uncertainty.hessian import EffectiveHessian, alignment_newton_terms
 from cryoscope.uncertainty.likelihood import NoiseModel, RingLikelihood, offset_rings
 from cryoscope.uncertainty.moments import VolumetricLikelihood, accumulate_moments
 from cryoscope.uncertainty.slicing import ShellSlicer, default_n_psi
@@ -195,6 +195,10 @@ def test_handwritten_effective_hessian_matches_autograd_and_reoptimised_gradient
     v = torch.randn(x.shape, generator=gen, dtype=torch.float64) * x.std()
     hv, z = fast.apply(v)
     assert _rel(hv, auto.matvec(v)) < 1e-10 and _rel(z, auto.first_order(v)) < 1e-10
+    unpolished = RingLikelihood(basis, base.data, noise, chunk=J)  # non-zero pose gradients
+    blocks, grads = alignment_newton_terms(unpolished, x)
+    ref_blocks, ref_grads = unpolished.alignment_hessians(x)
+    assert _rel(blocks, ref_blocks) < 1e-10 and _rel(grads, ref_grads) < 1e-10
     h = 1e-4
     grads = [polish_alignments(lik, x + s * h * v, iterations=30, tol=1e-14)[0].gradient(x + s * h * v)[0] for s in (1, -1)]
     assert _rel(hv, (grads[0] - grads[1]) / (2 * h)) < 1e-6

@@ -12,6 +12,7 @@ import torch
 
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.rotations import axis_angle_to_matrix
+from cryoscope.uncertainty.hessian import alignment_newton_terms
 from cryoscope.uncertainty.likelihood import RingLikelihood
 
 
@@ -34,7 +35,7 @@ def polish_alignments(lik: RingLikelihood, x: torch.Tensor, iterations: int = 8,
     steps = []
     ell = lik.per_image(x)
     for _ in range(iterations):
-        H, g = lik.alignment_hessians(x)
+        H, g = alignment_newton_terms(lik, x)
         omega = -(safe_inverse(H) @ g[..., None])[..., 0]
         R = lik.data.rotations
         for _halving in range(20):

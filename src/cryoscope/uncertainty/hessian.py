@@ -29,8 +29,8 @@ def _phi_derivatives(lik: RingLikelihood, ell: torch.Tensor) -> tuple[torch.Tens
     return torch.full_like(ell, dof1 * n.affine[0]), torch.zeros_like(ell)
 
 
-class EffectiveHessian:
-    """Effective Hessian of `lik` at map x with the poses' first-order implicit alignments (poses polished)."""
+class _ImageTerms:
+    """Per-image residuals, template derivatives and the ℓ-blocks ∂²ℓ/∂ω² at the likelihood's current poses."""
 
     def __init__(self, lik: RingLikelihood, x: torch.Tensor):
         self.lik, self.x = lik, x
@@ -54,11 +54,8 @@ class EffectiveHessian:
         self.residuals, self.dS = torch.cat(res), torch.cat(dS)
         self.ell, self.grad_omega = torch.cat(ell), torch.cat(dl)
         self.phi1, self.phi2 = _phi_derivatives(lik, self.ell)
-        W = self.phi1[:, None, None] * torch.cat(blocks) + self.phi2[:, None, None] * self.grad_omega[:, :, None] * self.grad_omega[:, None, :]
-        lam = torch.linalg.eigvalsh(W)
-        if bool((lam[:, 0] <= 0).any()):
-            raise InvalidValueError(f"{int((lam[:, 0] <= 0).sum())} image(s) are not at a minimum in their alignment; polish the poses first")
-        self.blocks, self.inverse = W, torch.linalg.inv(W)
+        g1 = self.grad_omega
+        self.blocks = self.phi1[:, None, None] * torch.cat(blocks) + self.phi2[:, None, None] * g1[:, :, None] * g1[:, None, :]
 
     def _project(self, rings: torch.Tensor) -> torch.Tensor:
         if self.lik._offset is None:
@@ -82,6 +79,25 @@ class EffectiveHessian:
         mod = self.lik.data.modulation(index)
         w = self.area * rings
         return self.lik.slicer.adjoint_slice(w if mod is None else mod.conj() * w)
+
+
+
+def alignment_newton_terms(lik: RingLikelihood, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image ∂²φ/∂ω² [J, 3, 3] and ∂φ/∂ω [J, 3] at ω = 0 (handwritten; the autograd reference is
+    `RingLikelihood.alignment_hessians`)."""
+    t = _ImageTerms(lik, x)
+    return t.blocks, t.phi1[:, None] * t.grad_omega
+
+
+class EffectiveHessian(_ImageTerms):
+    """Effective Hessian of `lik` at map x with the poses' first-order implicit alignments (poses polished)."""
+
+    def __init__(self, lik: RingLikelihood, x: torch.Tensor):
+        super().__init__(lik, x)
+        lam = torch.linalg.eigvalsh(self.blocks)
+        if bool((lam[:, 0] <= 0).any()):
+            raise InvalidValueError(f"{int((lam[:, 0] <= 0).sum())} image(s) are not at a minimum in their alignment; polish the poses first")
+        self.inverse = torch.linalg.inv(self.blocks)
 
     def apply(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(H_eff v [P], implicit first-order alignments z1 = -H_ωω⁻¹ H_ωx v [J, 3])."""
