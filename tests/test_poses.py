@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from scipy import stats
@@ -104,3 +106,21 @@ def test_empirical_resampling():
     assert float((frac - 1 / 3).abs().max()) < 0.04
     with pytest.raises(InvalidValueError):
         empirical_rotations(3, torch.zeros(0, 3))
+
+
+@pytest.mark.parametrize("around", ["poles", "equator"])
+def test_latitude_concentrated_rotations_follow_their_density(around):
+    """cos(tilt) = t has density ∝ exp(-f(t) / 2σ²) on [-1, 1], f = 1 - t² (poles) or t² (equator)."""
+    from cryoscope.physics.poses import latitude_concentrated_rotations
+
+    g = torch.Generator().manual_seed(3)
+    sigma = 0.3
+    R = latitude_concentrated_rotations(6000, sigma, around, generator=g, dtype=D)
+    assert _is_rotation(R)
+    t = np.linspace(-1, 1, 4001)
+    f = (1 - t * t) if around == "poles" else t * t
+    cdf = np.cumsum(np.exp(-f / (2 * sigma**2)))
+    cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0])
+    z = viewing_directions(R)[:, 2].numpy()
+    assert stats.kstest(z, lambda v: np.interp(v, t, cdf)).pvalue > 1e-3
+    assert stats.kstest(z, stats.uniform(loc=-1, scale=2).cdf).pvalue < 1e-6  # and not uniform

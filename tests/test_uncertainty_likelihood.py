@@ -202,3 +202,44 @@ def test_handwritten_effective_hessian_matches_autograd_and_reoptimised_gradient
     h = 1e-4
     grads = [polish_alignments(lik, x + s * h * v, iterations=30, tol=1e-14)[0].gradient(x + s * h * v)[0] for s in (1, -1)]
     assert _rel(hv, (grads[0] - grads[1]) / (2 * h)) < 1e-6
+
+
+def test_shell_templates_match_images_projected_by_the_physics_core(data_dir):
+    """Rings of images made by ImageFormation (RELION rotations, CTF, origins) agree with the shell model's templates;
+    the transposed rotation convention does not (this pins the conventions end to end)."""
+    from cryoscope.physics.ctf import compute_ctf
+    from cryoscope.physics.forward import ImageFormation
+    from cryoscope.representations.voxel import VoxelMap
+    from cryoscope.uncertainty.prepare import rings_from_images
+
+    gen = torch.Generator().manual_seed(4)
+    vol = torch.tensor(mrcfile.read(data_dir / "maps" / "ribosome70S_65.mrc").astype("float64"))
+    n = 12
+    R = uniform_rotations(n, gen, torch.float64)
+    origins = 2 * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    params = CTFParams.create(defocus_u=torch.full((n,), 15000.0), defocus_v=torch.full((n,), 16000.0), defocus_angle=30.0)
+    images = ImageFormation()(VoxelMap(vol, 5.0), R, origins_px=origins, ctf=compute_ctf(params, 65, 5.0, torch.float64))
+    basis = shell_basis(k_max_from_two_pi_k(24), 22, 26, 65)
+    data = rings_from_images(images, R, basis, default_n_psi(basis.L), params, origins, 5.0)
+    lik = RingLikelihood(basis, data, chunk=n)
+    x = to_real(from_voxels(vol, basis), basis)
+    assert _rel(lik.templates(x, slice(0, n)), data.rings) < 0.08
+    assert _rel(lik.templates(x, slice(0, n), rotations=R.transpose(-1, -2)), data.rings) > 0.5
+
+
+def test_path_stiffness_vanishes_along_a_rigid_rotation(problem):
+    """R(s) of a path that only rotates the map is ~0 (alignments absorb it); scaling the map is stiff."""
+    from cryoscope.geometry.spherical_harmonics import WignerRotation
+    from cryoscope.uncertainty.path import path_stiffness
+
+    basis, x = problem["basis"], problem["x"]
+    f = from_real(x, basis)
+    axis = torch.tensor([0.3, -0.5, 0.8], dtype=torch.float64)
+    rot = torch.stack([axis_angle_to_matrix(a * axis / axis.norm()) for a in (-0.02, 0.0, 0.02)])
+    turned = torch.stack([to_real(c, basis) for c in WignerRotation(basis.L)(f, rot)])
+    scaled = torch.stack([s * x for s in (0.98, 1.0, 1.02)])
+    R = uniform_rotations(64, torch.Generator().manual_seed(5), torch.float64)
+    n_psi = default_n_psi(basis.L)
+    r_rot = path_stiffness(turned, basis, R, n_psi, chunk=64)[1]
+    r_scale = path_stiffness(scaled, basis, R, n_psi, chunk=64)[1]
+    assert float(r_scale) > 0 and abs(float(r_rot)) < 1e-4 * float(r_scale)

@@ -65,5 +65,34 @@ def softmodes(
     typer.echo(f"{metrics['hvp_per_second']:.3g} Hessian-vector products/s; wrote {out}/report.html, metrics.json")
 
 
+def softmodes_path(
+    maps: list[Path] = typer.Argument(..., help="Maps along the path, in order (s uniform on [0, 1]), e.g. morph frames."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
+    simulate: str = typer.Option("uniform", help="Poses of the noiseless images of each frame: uniform, cap:DEG, band:DEG, views:DEG or star:PATH."),
+    n_images: int = typer.Option(1024, help="Images per frame."),
+    two_pi_k: float = typer.Option(32.0, "--two-pi-k", help="Resolution 2πK (radians per half box)."),
+    shells: int = typer.Option(0, help="Radial shells (0: ceil(2.4 k_max))."),
+    degree: int = typer.Option(0, help="Largest degree L (0: ceil(2πK))."),
+    radius: float = typer.Option(0.5, help="Object radius in box units (ties each shell's degree to its frequency)."),
+    n_psi: int = typer.Option(0, help="Angles per ring (0: 2L + 2)."),
+    temperature: float = typer.Option(1.0, help="σ̂² (1: the σ̂²-scaled likelihood of Eq. 78)."),
+    pixel_size: float = typer.Option(None, "--pixel-size", help="Voxel size, Å (when the headers have none)."),
+    chunk: int = typer.Option(32, help="Images per chunk."),
+    dtype: str = typer.Option("float32", help="float32 or float64."),
+    seed: int = typer.Option(0, help="Random seed (poses)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Stiffness R(s) = ∂F† H(s) ∂F along a path of maps (alignments implicit): where free energies along it are ill-conditioned."""
+    from cryoscope.workflows.softmodes import run_path
+
+    started = time.perf_counter()
+    params = {"command": "softmodes-path", **{k: ([str(m) for m in v] if k == "maps" else v) for k, v in locals().items()
+                                              if k not in ("started", "run_path", "out", "progress", "device")}}
+    metrics = run_path(params, out, progress, device, started)
+    typer.echo(f"R(s) smallest at s = {metrics['argmin_s']:.3g}, largest at s = {metrics['argmax_s']:.3g}; wrote {out}/path_stiffness.csv")
+
+
 def register(app: typer.Typer) -> None:
     app.command("softmodes")(softmodes)
+    app.command("softmodes-path")(softmodes_path)

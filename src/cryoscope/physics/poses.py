@@ -70,6 +70,24 @@ def equatorial_band_rotations(
     return _from_cos_tilt(c, generator).to(dtype)
 
 
+def latitude_concentrated_rotations(
+    n: int, sigma: float, around: str = "poles", generator: torch.Generator | None = None, dtype=torch.float32, device=None
+) -> torch.Tensor:
+    """Viewing directions with tilt density ρ(β) ∝ exp(-sin²β / 2σ²) (around="poles") or exp(-cos²β / 2σ²)
+    (around="equator") per unit solid angle, as in Rangan et al. Fig. 24-25: concentrated, but non-zero everywhere."""
+    if sigma <= 0 or around not in ("poles", "equator"):
+        raise InvalidValueError(f"need sigma > 0 and around in (poles, equator), got {sigma} and {around!r}")
+    accepted: list[torch.Tensor] = []
+    count = 0
+    while count < n:  # rejection sampling of t = cos β against the uniform density on [-1, 1]
+        t = _uniform(4 * n + 64, -1.0, 1.0, generator, torch.float64, device)
+        f = (1 - t * t) if around == "poles" else t * t
+        keep = t[torch.rand(t.shape[0], generator=generator, dtype=torch.float64, device=device) < torch.exp(-f / (2 * sigma**2))]
+        accepted.append(keep)
+        count += keep.numel()
+    return _from_cos_tilt(torch.cat(accepted)[:n], generator).to(dtype)
+
+
 def concentrated_rotations(
     n: int,
     directions: torch.Tensor,
@@ -121,13 +139,14 @@ def empirical_rotations(n: int, euler: torch.Tensor, generator: torch.Generator 
     return euler_to_matrix(e[idx]).to(dtype)
 
 
-POSE_SPECS = "uniform, cap:DEG, band:DEG, views:DEG, star:PATH"
+POSE_SPECS = "uniform, cap:DEG, band:DEG, polar:SIGMA, equator:SIGMA, views:DEG, star:PATH"
 
 
 def rotations_from_spec(spec: str, n: int, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
     """n rotations [n, 3, 3] from a named pose distribution: 'uniform', 'cap:DEG' (polar cap), 'band:DEG'
-    (equatorial band), 'views:DEG' (concentrated around the 6 axis views, spread DEG) or 'star:PATH' (resample
-    the angles of a STAR file)."""
+    (equatorial band), 'polar:SIGMA' / 'equator:SIGMA' (concentrated towards the poles / the equator but non-zero
+    everywhere, `latitude_concentrated_rotations`), 'views:DEG' (concentrated around the 6 axis views, spread DEG)
+    or 'star:PATH' (resample the angles of a STAR file)."""
     kind, _, arg = spec.partition(":")
     kind, arg = kind.strip().lower(), arg.strip()
     try:
@@ -137,6 +156,8 @@ def rotations_from_spec(spec: str, n: int, generator: torch.Generator | None = N
             return polar_cap_rotations(n, float(arg or 30), generator=generator, dtype=dtype)
         if kind == "band":
             return equatorial_band_rotations(n, float(arg or 20), generator=generator, dtype=dtype)
+        if kind in ("polar", "equator"):
+            return latitude_concentrated_rotations(n, float(arg or 0.2), "poles" if kind == "polar" else "equator", generator, dtype)
         if kind == "views":
             axes = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float64)
             return concentrated_rotations(n, axes, float(arg or 10), generator=generator, dtype=dtype)

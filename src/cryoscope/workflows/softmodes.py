@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def stationary_point(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bo
     """Polish the poses (Newton); with --refine-map R, alternate R times with the least-squares map (low temperature)."""
     info: dict = {"polish_steps_rad": [], "refine_rounds": 0}
     for r in tqdm(range(p["refine_map"] + 1), desc="stationary point", disable=not progress or p["refine_map"] == 0):
-        lik, steps = polish_alignments(lik, x, p["polish"])
+        lik, steps = polish_alignments(lik, x, p["polish"], 1e-10 if x.dtype == torch.float64 else 1e-6)
         info["polish_steps_rad"].append(steps)
         if r == p["refine_map"]:
             break
@@ -158,6 +159,10 @@ def write_mode_outputs(out: Path, analysis: Analysis, x: torch.Tensor, basis: Sh
     write_map(out / "map_shells.mrc", f_map, voxel_size, protect)
     maps, rows, degrees = {"f_map": f_map}, [], []
     for i in range(analysis.modes.eigenvalues.shape[0]):
+        if not float(analysis.modes.eigenvalues[i]) > 0:
+            warnings.warn(f"mode {i + 1} has eigenvalue {float(analysis.modes.eigenvalues[i]):.4g} <= 0: the map and poses are not at "
+                          "a likelihood minimum along it (try --refine-map); no log-20 scaling for it", stacklevel=2)
+            break
         s = log20_scaling(analysis.modes, x, basis, i)
         degrees.append(s.alignment_degrees.cpu())
         rows.append({"mode": i + 1, "eigenvalue": s.eigenvalue, "norm_log20": s.norm, "relative_norm_log20": s.relative_norm,
@@ -169,6 +174,8 @@ def write_mode_outputs(out: Path, analysis: Analysis, x: torch.Tensor, basis: Sh
             write_map(out / f"mode_{i + 1:02d}_abs.mrc", dmap.abs(), voxel_size, protect)
             write_map(out / f"mode_{i + 1:02d}_plus.mrc", f_map + dmap, voxel_size, protect)
             write_map(out / f"mode_{i + 1:02d}_minus.mrc", f_map - dmap, voxel_size, protect)
+    if not degrees:
+        raise InvalidValueError("the softest mode has a non-positive eigenvalue: the map is not at a likelihood minimum; use --refine-map")
     return maps, rows, torch.stack(degrees, -1)
 
 
@@ -292,5 +299,43 @@ def run_softmodes(params: dict, out: Path, resume: bool, progress: bool, device:
         torch.save({"eigenvalues": modes.eigenvalues.cpu(), "modes": modes.modes.cpu(), "alignments": modes.alignments.cpu(),
                     "x": x.cpu(), "k": basis.k.cpu(), "degrees": basis.degrees.cpu()}, tmp)
     write_report(out, analysis, rows, lik.data.rotations, maps, metrics)
+    finish_run(out, p, metrics, started)
+    return metrics
+
+
+def run_path(params: dict, out: Path, progress: bool, device: str, started: float) -> dict:
+    """`cryoscope softmodes-path`: stiffness R(s) along the maps given in order (uniform s in [0, 1])."""
+    from cryoscope.report.html import ReportFigure, ReportSection, write_report as render
+    from cryoscope.report.plots import plot_series
+    from cryoscope.uncertainty.path import path_stiffness
+    from cryoscope.workflows.likelihood import finish_run
+
+    p, out = params, Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    dtype = torch.float64 if p["dtype"] == "float64" else torch.float32
+    maps = [read_map(path, p["pixel_size"]) for path in p["maps"]]
+    box = maps[0].data.shape[-1]
+    if any(m.data.shape != maps[0].data.shape for m in maps):
+        raise InvalidValueError("all maps along the path must have the same box", p["maps"][0])
+    basis = basis_for(box, p["two_pi_k"], p["shells"], p["degree"], p["radius"], dtype, dev)
+    frames = torch.stack([to_real(from_voxels(m.data.to(dev), basis), basis) for m in tqdm(maps, desc="maps to shells", disable=not progress)])
+    gen = torch.Generator().manual_seed(p["seed"])
+    R = rotations_from_spec(p["simulate"], p["n_images"], gen, torch.float64).to(dev)
+    n_psi = p["n_psi"] or default_n_psi(basis.L)
+    stiffness = path_stiffness(frames, basis, R, n_psi, temperature=p["temperature"], chunk=p["chunk"]).cpu()
+    s = torch.linspace(0, 1, len(maps))
+    with atomic_path(out / "path_stiffness.csv") as tmp:
+        with open(tmp, "w") as fh:
+            fh.write("s,map,stiffness\n")
+            for si, path, r in zip(s.tolist(), p["maps"], stiffness.tolist()):
+                fh.write(f"{si:.6g},{path},{r:.8g}\n")
+    metrics = {"stiffness": stiffness.tolist(), "s": s.tolist(), "argmin_s": float(s[stiffness.argmin()]),
+               "argmax_s": float(s[stiffness.argmax()]), "n_parameters": basis.n_params, "n_images": p["n_images"]}
+    fig = plot_series(out / "path_stiffness.png", s.numpy(), {"R(s)": stiffness.numpy()}, "path coordinate s",
+                      "R(s) = ∂F† H ∂F, ‖∂F‖ = 1", "Stiffness along the path", log_y=True)
+    render(out / "report.html", "Stiffness along a path", [ReportSection(
+        "R(s)", "Low R(s): neighbouring maps on the path give nearly the same projections (alignments re-optimised).",
+        None, [ReportFigure(fig, "Rayleigh quotient of the effective Hessian along the path tangent (Fig. 22)")])], metrics)
     finish_run(out, p, metrics, started)
     return metrics
