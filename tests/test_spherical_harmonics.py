@@ -118,3 +118,11 @@ def test_equator_weights_vanish_for_odd_l_plus_m():
     assert float(eq[((l + m) % 2 == 1) & (m.abs() <= l)].abs().max()) < 1e-15
     ref = spherical_harmonics(L, torch.tensor([math.pi / 2], dtype=torch.float64), torch.zeros(1, dtype=torch.float64))[0]
     np.testing.assert_allclose(eq.numpy(), ref.real.numpy(), atol=1e-14)
+
+
+def test_reduced_rotation_is_the_sum_of_rotations():
+    gen = torch.Generator().manual_seed(6)
+    f = _random_coeffs((4, 2), gen)
+    R = axis_angle_to_matrix(torch.randn(4, 3, generator=gen, dtype=torch.float64))
+    rot = WignerRotation(L)
+    np.testing.assert_allclose(rot(f, R, reduce=True).numpy(), rot(f, R).sum(0).numpy(), atol=1e-12)

@@ -243,3 +243,18 @@ def test_path_stiffness_vanishes_along_a_rigid_rotation(problem):
     r_rot = path_stiffness(turned, basis, R, n_psi, chunk=64)[1]
     r_scale = path_stiffness(scaled, basis, R, n_psi, chunk=64)[1]
     assert float(r_scale) > 0 and abs(float(r_rot)) < 1e-4 * float(r_scale)
+
+
+def test_derivative_slices_and_their_adjoint(problem):
+    """Sl(G_i g) from weighted l-sums equals slicing the generator-applied coefficients; the adjoint is exact."""
+    from cryoscope.geometry.spherical_harmonics import apply_generator
+
+    basis, gen = problem["basis"], problem["gen"]
+    slicer = ShellSlicer(basis.L, default_n_psi(basis.L))
+    g = from_real(torch.randn(3, basis.n_params, generator=gen, dtype=torch.float64), basis)
+    d = slicer.derivative_slices(g)
+    ref = torch.stack([slicer.slice(g)] + [slicer.slice(apply_generator(g, i)) for i in range(3)], -2)
+    assert _rel(d, ref) < 1e-13
+    r = torch.complex(*torch.randn(2, *d.shape, generator=gen, dtype=torch.float64))
+    lhs, rhs = (d.conj() * r).sum(), (g.conj() * slicer.derivative_adjoint(r)).sum()
+    assert abs(complex(lhs - rhs)) < 1e-12 * abs(complex(lhs))

@@ -173,31 +173,34 @@ class WignerRotation:
         self.L = L
         self.bases = [torch.as_tensor(W, dtype=dtype, device=device) for W in _jy_eigenbases(L)]
 
-    def __call__(self, coeffs: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-        """coeffs [S, L+1, 2L+1] (shared) or [J, S, L+1, 2L+1] (one set per rotation); rotations [J, 3, 3]."""
+    def __call__(self, coeffs: torch.Tensor, rotations: torch.Tensor, reduce: bool = False) -> torch.Tensor:
+        """coeffs [S, L+1, 2L+1] (shared) or [J, S, L+1, 2L+1] (one set per rotation); rotations [J, 3, 3].
+        With `reduce`, the sum over the batch Σ_j D(R_j) f_j [S, L+1, 2L+1] (without the [J, ...] intermediate)."""
         alpha, beta, gamma = zyz_angles(rotations)
-        return self.by_angles(coeffs, alpha, beta, gamma)
+        return self.by_angles(coeffs, alpha, beta, gamma, reduce)
 
-    def by_angles(self, coeffs: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """Rotation by Rz(α) Ry(β) Rz(γ), angles [J] in radians."""
+    def by_angles(self, coeffs: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, reduce: bool = False) -> torch.Tensor:
+        """Rotation by Rz(α) Ry(β) Rz(γ), angles [J] in radians (one degree at a time, so every product is contiguous)."""
         L = self.L
         if coeffs.shape[-2:] != (L + 1, 2 * L + 1):
             raise InvalidValueError(f"coefficients must have shape [..., {L + 1}, {2 * L + 1}], got {tuple(coeffs.shape)}")
-        shared = coeffs.dim() == 3
         m = m_values(L, alpha.dtype, alpha.device)
         ea = torch.exp(-1j * alpha[:, None] * m)  # [J, 2L+1]
-        eb = torch.exp(-1j * beta[:, None] * m)
-        eg = torch.exp(-1j * gamma[:, None] * m)
-        x = coeffs[None] if shared else coeffs
-        x = x * eg[:, None, None, :]
-        out = torch.zeros_like(x)
+        eb = torch.exp(-1j * beta[:, None] * m)[:, None]
+        eg = torch.exp(-1j * gamma[:, None] * m)[:, None]
+        batch = coeffs.shape[-3]
+        shape = (batch, L + 1, 2 * L + 1) if reduce else (alpha.shape[0], batch, L + 1, 2 * L + 1)
+        out = coeffs.new_zeros(shape)
         for l in range(L + 1):
             W = self.bases[l]
             sl = slice(L - l, L + l + 1)
-            y = x[..., l, sl] @ W.conj()  # W^H applied to column vectors
-            y = y * eb[:, None, sl]
-            out[..., l, sl] = y @ W.T
-        return out * ea[:, None, None, :]
+            y = ((coeffs[..., l, sl] * eg[..., sl]) @ W.conj()) * eb[..., sl]  # W^H applied to column vectors
+            y = y @ W.T
+            if reduce:
+                out[:, l, sl] = torch.einsum("jm,jsm->sm", ea[:, sl], y)
+            else:
+                out[..., l, sl] = y * ea[:, None, sl]
+        return out
 
 
 def apply_generator(coeffs: torch.Tensor, axis: int) -> torch.Tensor:
@@ -206,7 +209,7 @@ def apply_generator(coeffs: torch.Tensor, axis: int) -> torch.Tensor:
     d/dε D(exp(ε [e_axis]_×)) f at ε = 0, i.e. the derivative of f under an infinitesimal rotation about that axis.
     """
     L = coeffs.shape[-2] - 1
-    cplus, cminus = _ladder(L, coeffs.real.dtype, coeffs.device)
+    cplus, cminus = ladder_coefficients(L, coeffs.real.dtype, coeffs.device)
     if axis == 2:
         return -1j * coeffs * m_values(L, coeffs.real.dtype, coeffs.device)
     up = torch.zeros_like(coeffs)  # (J_+ f)_m = c+_{m-1} f_{m-1}
@@ -230,7 +233,7 @@ def _ladder_cached(L: int, dtype: torch.dtype, device: str) -> tuple[torch.Tenso
     return cplus.to(device), cminus.to(device)
 
 
-def _ladder(L: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+def ladder_coefficients(L: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     """c+_m = sqrt(l(l+1) - m(m+1)) and c-_m = sqrt(l(l+1) - m(m-1)) [L+1, 2L+1], zero where |m| > l."""
     return _ladder_cached(L, dtype, str(torch.device(device) if device is not None else "cpu"))
 

@@ -101,15 +101,16 @@ class EffectiveHessian(_ImageTerms):
 
     def apply(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(H_eff v [P], implicit first-order alignments z1 = -H_ωω⁻¹ H_ωx v [J, 3])."""
-        lik = self.lik
+        lik, slicer = self.lik, self.lik.slicer
         V = from_real(v, lik.basis)
         total = torch.zeros_like(V)
         zs = []
         for s in lik.chunks():
             R = lik.data.rotations[s]
-            dg = lik.slicer.rotate(V, R)
-            dS = self._rings(dg, s)
-            ddS = torch.stack([self._rings(apply_generator(dg, i), s) for i in range(3)], 1)
+            mod = lik.data.modulation(s)
+            D = slicer.derivative_slices(lik.slicer.rotate(V, R)).transpose(1, 2)  # [j, 4, n_k, n_psi]: δS, ∂_i δS
+            D = self._project(D if mod is None else D * mod[:, None])
+            dS, ddS = D[:, 0], D[:, 1:]
             r, d = self.residuals[s], self.dS[s]
             p1, p2 = self.phi1[s], self.phi2[s]
             dx_ell = self._dot(r, dS)
@@ -117,9 +118,11 @@ class EffectiveHessian(_ImageTerms):
             z = -(self.inverse[s] @ b[..., None])[..., 0]
             rho = p1[:, None, None] * (dS + (z[:, :, None, None] * d).sum(1))
             rho = rho + (p2 * (dx_ell + (z * self.grad_omega[s]).sum(-1)))[:, None, None] * r
-            q = self._adjoint(r, s)
-            h = self._adjoint(rho, s) - sum((p1 * z[:, i])[:, None, None, None] * apply_generator(q, i) for i in range(3))
-            total = total + lik.slicer.rotate(h, R.transpose(-1, -2)).sum(0)
+            back = torch.cat([rho[:, None], (p1[:, None] * z)[:, :, None, None] * r[:, None]], 1) * self.area
+            if mod is not None:
+                back = back * mod.conj()[:, None]
+            h = slicer.derivative_adjoint(back.transpose(1, 2))  # Sl^H ρ + Σ_i (Sl G_i)^H (φ' z_i r)
+            total = total + slicer.rotation(h, R.transpose(-1, -2), reduce=True)
             zs.append(z)
         xr = torch.zeros_like(v).requires_grad_(True)
         with torch.enable_grad():

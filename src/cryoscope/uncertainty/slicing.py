@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.geometry.spherical_harmonics import WignerRotation, apply_generator, equator_harmonics
+from cryoscope.geometry.spherical_harmonics import WignerRotation, apply_generator, equator_harmonics, ladder_coefficients, m_values
 
 
 def perturb(g: torch.Tensor, omega: torch.Tensor, order: int = 3) -> torch.Tensor:
@@ -35,6 +35,15 @@ class ShellSlicer:
         self.rotation = WignerRotation(L, cdtype, device)
         self.equator = equator_harmonics(L, dtype, device).to(cdtype)
         self.m_index = torch.arange(-L, L + 1, device=device) % n_psi
+        # Sl(J_+ g) at order m is Σ_l Y(l, m) c+(l, m-1) g(l, m-1); Sl(J_- g) at m is Σ_l Y(l, m) c-(l, m+1) g(l, m+1)
+        cplus, cminus = ladder_coefficients(L, dtype, device)
+        eq = self.equator.real
+        up = torch.zeros_like(eq)
+        up[:, :-1] = eq[:, 1:] * cplus[:, :-1]
+        down = torch.zeros_like(eq)
+        down[:, 1:] = eq[:, :-1] * cminus[:, 1:]
+        self.weights = torch.stack([eq, up, down]).to(cdtype)  # [3, L+1, 2L+1]
+        self.m = m_values(L, dtype, device)
 
     def rotate(self, coeffs: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         """[n_k, L+1, 2L+1] -> [J, n_k, L+1, 2L+1] in the frames of rotations [J, 3, 3] (G_j(u) = F(R_j^T u))."""
@@ -45,6 +54,30 @@ class ShellSlicer:
         s = (g * self.equator).sum(-2)
         spec = s.new_zeros(s.shape[:-1] + (self.n_psi,)).index_add(-1, self.m_index, s)
         return torch.fft.ifft(spec, dim=-1) * self.n_psi
+
+    def _rings(self, spectra: torch.Tensor) -> torch.Tensor:
+        spec = spectra.new_zeros(spectra.shape[:-1] + (self.n_psi,)).index_add(-1, self.m_index, spectra)
+        return torch.fft.ifft(spec, dim=-1) * self.n_psi
+
+    def derivative_slices(self, g: torch.Tensor) -> torch.Tensor:
+        """Ring values [..., 4, n_psi] of Sl(g) and Sl(G_i g), i = x, y, z (G_i = -iJ_i), for g [..., L+1, 2L+1],
+        from one weighted sum over l (no generator is applied to g itself)."""
+        t = torch.einsum("...lm,clm->...cm", g, self.weights)  # [..., 3, 2L+1]: s0, the J_+ and J_- sources
+        plus = torch.nn.functional.pad(t[..., 1, :-1], (1, 0))  # (Sl J_+ g)_m = up-source at m - 1
+        minus = torch.nn.functional.pad(t[..., 2, 1:], (0, 1))  # (Sl J_- g)_m = down-source at m + 1
+        s0 = t[..., 0, :]
+        spectra = torch.stack([s0, -0.5j * (plus + minus), -0.5 * (plus - minus), -1j * self.m * s0], -2)
+        return self._rings(spectra)
+
+    def derivative_adjoint(self, rings: torch.Tensor) -> torch.Tensor:
+        """Adjoint of `derivative_slices`: rings [..., 4, n_psi] -> coefficients [..., L+1, 2L+1]."""
+        spec = torch.fft.fft(rings, dim=-1)[..., self.m_index]  # [..., 4, 2L+1]
+        a0 = spec[..., 0, :] + 1j * self.m * spec[..., 3, :]
+        a_plus = 0.5j * spec[..., 1, :] - 0.5 * spec[..., 2, :]
+        a_minus = 0.5j * spec[..., 1, :] + 0.5 * spec[..., 2, :]
+        b_plus = torch.nn.functional.pad(a_plus[..., 1:], (0, 1))  # a+ at m' + 1
+        b_minus = torch.nn.functional.pad(a_minus[..., :-1], (1, 0))  # a- at m' - 1
+        return torch.einsum("...cm,clm->...lm", torch.stack([a0, b_plus, b_minus], -2), self.weights)
 
     def adjoint_slice(self, rings: torch.Tensor, L: int | None = None) -> torch.Tensor:
         """Adjoint of `slice` (complex inner product Σ conj(a) b) up to degree L (default self.L):
