@@ -41,6 +41,10 @@ def test_simulated_run_writes_modes_maps_tables_and_report(tmp_path, ribosome):
     rows = (out / "alignments.csv").read_text().splitlines()
     assert len(rows) == 65 and rows[0].startswith("index,rot,tilt,psi,mode1_deg")
     assert (out / "report.html").stat().st_size > 10_000 and json.loads((out / "params.json").read_text())["seed"] == 2
+    # --resume reuses the polished poses and map and reproduces the modes
+    assert main(["softmodes", str(ribosome), "-o", str(out), "--simulate", "uniform", "--n-images", "64", "--seed", "2", "--resume", *_small()]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    np.testing.assert_allclose(again["eigenvalues"], m["eigenvalues"], rtol=1e-6)
 
 
 def test_particle_run_polishes_poses_and_writes_a_star_column(tmp_path, ribosome):

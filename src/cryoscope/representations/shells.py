@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.spherical_harmonics import SphereGrid, coefficient_mask, direction_angles, spherical_harmonics
 from cryoscope.physics.fourier import centered_coords, ifft3c
+from cryoscope.physics.polar import polar_grid
 from cryoscope.physics.projection import fourier_volume, sample_fourier_volume
 
 
@@ -80,11 +80,9 @@ def shell_basis(
         raise InvalidValueError(f"k_max must be in (0, {box / 2}] cycles per box (Nyquist), got {k_max}")
     if n_shells < 1 or degree < 0:
         raise InvalidValueError(f"need n_shells >= 1 and degree >= 0, got {n_shells} and {degree}")
-    x, w = np.polynomial.legendre.leggauss(n_shells)
-    k = torch.tensor((x + 1) * k_max / 2, dtype=dtype, device=device)
-    radial = torch.tensor(w * k_max / 2, dtype=dtype, device=device)
-    degrees = torch.clamp(torch.ceil(2 * math.pi * k * radius).long() + 2, max=degree)
-    return ShellBasis(k, radial, degrees, box)
+    radial = polar_grid(k_max, n_shells, 1, dtype, device)  # the same Gauss–Legendre rings the images use
+    degrees = torch.clamp(torch.ceil(2 * math.pi * radial.k * radius).long() + 2, max=degree)
+    return ShellBasis(radial.k, radial.radial_weights, degrees, box)
 
 
 def _parity(L: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
