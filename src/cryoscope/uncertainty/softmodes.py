@@ -67,8 +67,10 @@ class EffectiveOperator:
         self.sqrt_m = metric_weights(basis).sqrt()
         self.dim = int(self.sqrt_m.numel())
         self.deflate = deflation_basis(self.sqrt_m[:, None] * rigid_directions(implicit.x, basis))
+        self.calls = 0  # Hessian-vector products so far
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
         return self.implicit.matvec(y / self.sqrt_m) / self.sqrt_m
 
     def to_map(self, y: torch.Tensor) -> torch.Tensor:
