@@ -22,6 +22,9 @@ T=$(.venv/bin/python -c "import json;print(json.load(open('$OUT/view_uniform/met
 for spec in polar:0.5 equator:0.5 polar:0.35 equator:0.35 cap:30 band:15 band:0.5; do
   run "view_${spec/:/_}" --simulate "$spec" --temperature "$T"
 done
+# empirical viewing directions: a real cryoSPARC refinement (2019 particles), if the shared data are at hand
+CS=${EMPIRICAL_CS:-../shared/data/metadata/cryosparc_P12_J24_001_particles.cs}
+[ -f "$CS" ] && run view_empirical --simulate "star:$CS" --temperature "$T"
 # defocus (uniform views, CTF on, the same σ̂² for all three)
 for df in 9500:10500 16500:17500 22500:23500; do
   run "defocus_${df/:/_}" --simulate uniform --defocus "$df" --temperature "$T"

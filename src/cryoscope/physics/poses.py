@@ -146,7 +146,7 @@ def rotations_from_spec(spec: str, n: int, generator: torch.Generator | None = N
     """n rotations [n, 3, 3] from a named pose distribution: 'uniform', 'cap:DEG' (polar cap), 'band:DEG'
     (equatorial band), 'polar:SIGMA' / 'equator:SIGMA' (concentrated towards the poles / the equator but non-zero
     everywhere, `latitude_concentrated_rotations`), 'views:DEG' (concentrated around the 6 axis views, spread DEG)
-    or 'star:PATH' (resample the angles of a STAR file)."""
+    or 'star:PATH' (resample the angles of a STAR, cryoSPARC .cs or cryoDRGN .pkl file)."""
     kind, _, arg = spec.partition(":")
     kind, arg = kind.strip().lower(), arg.strip()
     try:
@@ -162,11 +162,11 @@ def rotations_from_spec(spec: str, n: int, generator: torch.Generator | None = N
             axes = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float64)
             return concentrated_rotations(n, axes, float(arg or 10), generator=generator, dtype=dtype)
         if kind == "star":
-            from cryoscope.io.star import read_star
+            from cryoscope.io.convert import read_metadata
 
-            meta = read_star(arg)
+            meta = read_metadata(arg)
             if meta.euler is None:
-                raise InvalidValueError("STAR file has no angles to resample", arg)
+                raise InvalidValueError("the file has no angles to resample", arg)
             return empirical_rotations(n, meta.euler, generator=generator, dtype=dtype)
     except ValueError:
         raise InvalidValueError(f"bad pose distribution {spec!r}") from None
