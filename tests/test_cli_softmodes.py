@@ -87,3 +87,23 @@ def test_path_command_writes_stiffness(tmp_path, ribosome):
     lines = (out / "path_stiffness.csv").read_text().splitlines()
     assert lines[0] == "s,map,stiffness" and len(lines) == 4
     assert all(float(line.split(",")[-1]) > 0 for line in lines[1:])
+
+
+def _cli_worker(ctx, args):
+    return main(args)
+
+
+def test_two_processes_give_the_same_modes_as_one(tmp_path, ribosome):
+    """torch.distributed (2 Gloo processes, particles sharded, H v all-reduced) reproduces the 1-process run."""
+    from cryoscope.distributed import run_spawned
+
+    args = ["softmodes", str(ribosome), "--simulate", "uniform", "--n-images", "40", "--dtype", "float64", *_small()]
+    assert main([*args, "-o", str(tmp_path / "one")]) == 0
+    assert run_spawned(_cli_worker, 2, [*args, "-o", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert two["processes"] == 2 and two["n_images"] == 40
+    np.testing.assert_allclose(two["eigenvalues"], one["eigenvalues"], rtol=1e-8)
+    a, b = ((tmp_path / d / "alignments.csv").read_text().splitlines() for d in ("one", "two"))
+    assert len(a) == len(b) == 41
+    np.testing.assert_allclose(np.array([r.split(",")[4:] for r in b[1:]], float), np.array([r.split(",")[4:] for r in a[1:]], float),
+                               rtol=1e-6, atol=1e-9)

@@ -59,6 +59,8 @@ def softmodes(
         metrics = run_softmodes(params, out, resume, progress, device, started)
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
+    if not metrics:  # not the main process of a distributed run
+        return
     for row in metrics["modes"]:
         typer.echo(f"mode {row['mode']}: eigenvalue {row['eigenvalue']:.5g}, ‖ΔF‖/‖F‖ at log 20 {row['relative_norm_log20']:.4g}, "
                    f"max |Δτ| {row['max_alignment_deg']:.3g}°")

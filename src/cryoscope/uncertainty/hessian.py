@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from cryoscope.distributed import DistContext, all_reduce_sum_
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.spherical_harmonics import apply_generator
 from cryoscope.representations.shells import from_real
@@ -90,10 +91,14 @@ def alignment_newton_terms(lik: RingLikelihood, x: torch.Tensor) -> tuple[torch.
 
 
 class EffectiveHessian(_ImageTerms):
-    """Effective Hessian of `lik` at map x with the poses' first-order implicit alignments (poses polished)."""
+    """Effective Hessian of `lik` at map x with the poses' first-order implicit alignments (poses polished).
 
-    def __init__(self, lik: RingLikelihood, x: torch.Tensor):
+    Under torch.distributed (`ctx`), each process holds a shard of the particles; the per-image sums are all-reduced,
+    so every process gets the whole H_eff v (and its own particles' z1)."""
+
+    def __init__(self, lik: RingLikelihood, x: torch.Tensor, ctx: DistContext | None = None):
         super().__init__(lik, x)
+        self.ctx = ctx
         lam = torch.linalg.eigvalsh(self.blocks)
         if bool((lam[:, 0] <= 0).any()):
             raise InvalidValueError(f"{int((lam[:, 0] <= 0).sum())} image(s) are not at a minimum in their alignment; polish the poses first")
@@ -124,10 +129,12 @@ class EffectiveHessian(_ImageTerms):
             h = slicer.derivative_adjoint(back.transpose(1, 2))  # Sl^H ρ + Σ_i (Sl G_i)^H (φ' z_i r)
             total = total + slicer.rotation(h, R.transpose(-1, -2), reduce=True)
             zs.append(z)
+        if self.ctx is not None:
+            all_reduce_sum_([total], self.ctx)
         xr = torch.zeros_like(v).requires_grad_(True)
         with torch.enable_grad():
             grad = torch.autograd.grad((total.conj() * from_real(xr, lik.basis)).real.sum(), xr)[0]
-        return grad, torch.cat(zs)
+        return grad, torch.cat(zs) if zs else v.new_zeros(0, 3)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.apply(v)[0]

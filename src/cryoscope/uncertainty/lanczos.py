@@ -145,11 +145,12 @@ def lanczos_smallest(matvec: MatVec, dim: int, k: int, *, deflate: torch.Tensor 
 
 
 def eigsh_smallest(matvec: MatVec, dim: int, k: int, *, deflate: torch.Tensor | None = None, tol: float = 0.0,
-                   dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-check of `lanczos_smallest` through ARPACK (`scipy.sparse.linalg.eigsh`, which="SA", float64 numpy):
     ascending eigenvalues [k] and eigenvectors [dim, k] of P H P on the complement of span(deflate). The deflated
     directions, eigenvalue 0 under P H P, are moved to the top of the spectrum by adding shift * Q Q^T with shift
-    = 10 * (largest eigenvalue of P H P). Tensors are on deflate's device (CPU without deflation)."""
+    = 10 * (largest eigenvalue of P H P). Tensors are on deflate's device (CPU without deflation). ARPACK starts from
+    a vector drawn with `seed`, so runs (and the processes of a distributed run) apply the same matvec sequence."""
     device = deflate.device if deflate is not None else None
     q = _deflation(deflate, dim, dtype, device)
     if not 1 <= k <= min(dim - q.shape[1], dim - 1):
@@ -163,11 +164,12 @@ def eigsh_smallest(matvec: MatVec, dim: int, k: int, *, deflate: torch.Tensor | 
     def operator(shift: float) -> LinearOperator:
         return LinearOperator((dim, dim), matvec=lambda x: apply(x, shift), dtype=np.float64)
 
+    v0 = np.random.default_rng(seed).standard_normal(dim)
     shift = 0.0
     if q.shape[1]:
-        top = float(eigsh(operator(0.0), k=1, which="LA", tol=1e-3, return_eigenvectors=False)[0])
+        top = float(eigsh(operator(0.0), k=1, which="LA", tol=1e-3, v0=v0, return_eigenvectors=False)[0])
         shift = 10 * top if top > 0 else 1.0
-    values, vectors = eigsh(operator(shift), k=k, which="SA", tol=tol)
+    values, vectors = eigsh(operator(shift), k=k, which="SA", tol=tol, v0=v0)
     order = np.argsort(values)
     return (torch.as_tensor(values[order], dtype=dtype, device=device),
             torch.as_tensor(vectors[:, order], dtype=dtype, device=device))

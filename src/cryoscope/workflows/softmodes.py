@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cryoscope.device import resolve_device
+from cryoscope.distributed import DistContext, all_reduce_sum_, barrier, finalize_distributed, gather_rows, init_distributed, shard_indices
 from cryoscope.errors import InvalidValueError
 from cryoscope.io.atomic import atomic_path
 from cryoscope.io.checkpoint import load_checkpoint, save_checkpoint
@@ -46,8 +46,22 @@ def basis_for(box: int, two_pi_k: float, shells: int, degree: int, radius: float
     return shell_basis(k_max, n, degree or int(math.ceil(two_pi_k)), box, radius, dtype, device)
 
 
-def simulated_particles(p: dict, basis: ShellBasis, x: torch.Tensor, pixel_size: float) -> ParticleRings:
-    """Noiseless templates of the map at poses drawn from `p['simulate']` and defoci from `p['defocus']` (MIN:MAX Å)."""
+@dataclass
+class Shard:
+    """This process's particles `index` [m] of `n` in a (possibly single-process) run."""
+
+    ctx: DistContext
+    index: torch.Tensor
+    n: int
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-particle rows of this shard [m, ...] -> all particles [n, ...] on every process."""
+        return gather_rows(values.cpu(), self.index, self.n, self.ctx) if self.ctx.distributed else values.cpu()
+
+
+def simulated_particles(p: dict, basis: ShellBasis, x: torch.Tensor, pixel_size: float, index: torch.Tensor) -> ParticleRings:
+    """Noiseless templates of the map at poses drawn from `p['simulate']` and defoci from `p['defocus']` (MIN:MAX Å),
+    for the particles `index` of the whole draw."""
     gen = torch.Generator().manual_seed(p["seed"])
     R = rotations_from_spec(p["simulate"], p["n_images"], gen, torch.float64).to(basis.k.device)
     ctf = None
@@ -56,50 +70,58 @@ def simulated_particles(p: dict, basis: ShellBasis, x: torch.Tensor, pixel_size:
             lo, hi = (float(v) for v in str(p["defocus"]).split(":"))
         except ValueError:
             raise InvalidValueError(f"--defocus must be 'none' or MIN:MAX in Å, got {p['defocus']!r}") from None
-        df = lo + (hi - lo) * torch.rand(p["n_images"], generator=gen, dtype=torch.float64)
+        df = (lo + (hi - lo) * torch.rand(p["n_images"], generator=gen, dtype=torch.float64))[index]
         ctf = CTFParams.create(defocus_u=df, defocus_v=df, defocus_angle=0.0)
     n_psi = p["n_psi"] or default_n_psi(basis.L)
-    return simulate_rings(basis, x, R, n_psi, ctf, pixel_size, p["chunk"])
+    return simulate_rings(basis, x, R[index.to(R.device)], n_psi, ctf, pixel_size, p["chunk"])
 
 
-def particle_rings(p: dict, basis: ShellBasis, device, progress: bool) -> tuple[ParticleRings, object, float]:
-    """Rings of the particles in `p['particles']` (poses, CTF and origins from the STAR file)."""
-    from cryoscope.particles import ctf_params
+def open_aligned_particles(p: dict, box: int):
+    """Metadata and images of `p['particles']`, checked: the map's box and poses present."""
     from cryoscope.workflows.likelihood import open_particles
 
     meta, source = open_particles(p["particles"], p["pixel_size"], p["ctf"])
-    if meta.require_box() != basis.box:
-        raise InvalidValueError(f"particles are {meta.require_box()} px but the map is {basis.box} px", p["particles"])
+    if meta.require_box() != box:
+        raise InvalidValueError(f"particles are {meta.require_box()} px but the map is {box} px", p["particles"])
     if not meta.has_poses:
         raise InvalidValueError("particles have no poses (rlnAngleRot/Tilt/Psi): soft modes need aligned particles", p["particles"])
+    return meta, source
+
+
+def particle_rings(p: dict, basis: ShellBasis, meta, source, index: torch.Tensor, progress: bool) -> tuple[ParticleRings, float]:
+    """Rings of the particles `index` of `p['particles']` (poses, CTF and origins from the STAR file)."""
+    from cryoscope.particles import ctf_params
+
+    device = basis.k.device
     px = float(meta.require_pixel_size()[0])
     n_psi = p["n_psi"] or default_n_psi(basis.L)
     parts = []
-    for lo in tqdm(range(0, meta.n, 256), desc="polar transforms", disable=not progress, unit="batch"):
-        idx = np.arange(lo, min(meta.n, lo + 256))
+    for lo in tqdm(range(0, len(index), 256), desc="polar transforms", disable=not progress, unit="batch"):
+        idx = index[lo : lo + 256].numpy()
         sub = meta.subset(torch.as_tensor(idx))
         images = source.stack[idx].to(device)
         origins = None if sub.shifts_A is None else (sub.shifts_A / sub.require_pixel_size()[:, None]).to(device)
         ctf = ctf_params(sub) if (p["ctf"] and meta.has_ctf) else None
         parts.append(rings_from_images(images, sub.rotations.to(device), basis, n_psi, ctf, origins, px))
     cat = (lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(q, name) for q in parts]))
-    return ParticleRings(cat("rings"), cat("rotations"), cat("ctf"), cat("phases")), meta, px
+    return ParticleRings(cat("rings"), cat("rotations"), cat("ctf"), cat("phases")), px
 
 
-def noise_model(p: dict, lik: RingLikelihood, x: torch.Tensor, basis: ShellBasis, signal: torch.Tensor | None) -> NoiseModel:
-    """The noise model of the run, with the temperature estimated when not given (and an affine fit of log ℓ)."""
+def noise_model(p: dict, lik: RingLikelihood, x: torch.Tensor, basis: ShellBasis, signal: torch.Tensor | None, shard: Shard) -> NoiseModel:
+    """The noise model of the run, with the temperature estimated when not given (and an affine fit of log ℓ), from
+    the per-image values of all processes."""
     dof = disc_dof(basis.k_max)
     if p["noise"] == "low-temperature":
         if p["temperature"]:
             t = p["temperature"]
         elif signal is not None:
-            t = temperature_from_snr(signal, basis.k_max, p["snr"])
+            t = temperature_from_snr(shard.gather(signal), basis.k_max, p["snr"])
         else:
-            t = temperature_from_residuals(lik.per_image(x), basis.k_max)
+            t = temperature_from_residuals(shard.gather(lik.per_image(x)), basis.k_max)
         return NoiseModel("low-temperature", temperature=t, offset=p["offset"])
     if signal is not None:
         raise InvalidValueError(f"--noise {p['noise']} needs real (noisy) particles; simulated templates have no residual")
-    ell = lik.per_image(x)
+    ell = shard.gather(lik.per_image(x))
     if p["noise"] == "marginal":
         return NoiseModel("marginal", dof=dof, offset=p["offset"])
     A = torch.stack([ell, torch.ones_like(ell)], -1)
@@ -107,7 +129,7 @@ def noise_model(p: dict, lik: RingLikelihood, x: torch.Tensor, basis: ShellBasis
     return NoiseModel("affine", dof=dof, affine=(a, b), offset=p["offset"])
 
 
-def stationary_point(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bool) -> tuple[RingLikelihood, torch.Tensor, dict]:
+def stationary_point(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bool, ctx: DistContext) -> tuple[RingLikelihood, torch.Tensor, dict]:
     """Polish the poses (Newton); with --refine-map R, alternate R times with the least-squares map (low temperature)."""
     info: dict = {"polish_steps_rad": [], "refine_rounds": 0}
     for r in tqdm(range(p["refine_map"] + 1), desc="stationary point", disable=not progress or p["refine_map"] == 0):
@@ -117,7 +139,9 @@ def stationary_point(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bo
             break
         if lik.noise.kind != "low-temperature":
             raise InvalidValueError("--refine-map needs --noise low-temperature (the least-squares map is its optimum)")
-        x, cg = VolumetricLikelihood(lik.basis, accumulate_moments(lik.basis, lik.data, p["chunk"])).least_squares_map(x0=x)
+        moments = accumulate_moments(lik.basis, lik.data, p["chunk"])
+        all_reduce_sum_([moments.m20, moments.m11, moments.m02], ctx)
+        x, cg = VolumetricLikelihood(lik.basis, moments).least_squares_map(x0=x)
         info["refine_rounds"] = r + 1
         info["least_squares_residual"] = cg["relative_residual"]
     return lik, x, info
@@ -132,9 +156,9 @@ class Analysis:
     hvp_per_second: float
 
 
-def analyse(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bool) -> Analysis:
+def analyse(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bool, ctx: DistContext) -> Analysis:
     """Effective Hessian and its k softest modes (Lanczos or eigsh), with timing of the Hessian-vector products."""
-    op = EffectiveOperator(EffectiveHessian(lik, x), lik.basis)
+    op = EffectiveOperator(EffectiveHessian(lik, x, ctx), lik.basis)
     bar = tqdm(total=p["max_iter"], desc="Lanczos", disable=not progress, unit="it")
     t0 = time.perf_counter()
     modes = soft_modes(op, p["n_modes"], p["method"], p["max_iter"], p["tol"], seed=p["seed"],
@@ -214,18 +238,20 @@ def write_report(out: Path, analysis: Analysis, rows: list[dict], rotations: tor
     render(out / "report.html", "Soft modes of the Hessian", sections, metrics)
 
 
-def _setup(p: dict, device, dtype, progress: bool):
-    """Map, basis, particle rings and the noise model, before polishing."""
+def _setup(p: dict, ctx: DistContext, dtype, progress: bool):
+    """Map, basis, this process's particle rings and the noise model, before polishing."""
     m = read_map(p["map"], p["pixel_size"])
     vol = m.data
     if vol.dim() != 3 or len(set(vol.shape)) != 1:
         raise InvalidValueError(f"the map must be cubic, got shape {tuple(vol.shape)}", p["map"])
     box = vol.shape[-1]
-    basis = basis_for(box, p["two_pi_k"], p["shells"], p["degree"], p["radius"], dtype, device)
-    x = to_real(from_voxels(vol.to(device), basis), basis)
+    basis = basis_for(box, p["two_pi_k"], p["shells"], p["degree"], p["radius"], dtype, ctx.device)
+    x = to_real(from_voxels(vol.to(ctx.device), basis), basis)
     meta = None
     if p["particles"]:
-        data, meta, px = particle_rings(p, basis, device, progress)
+        meta, source = open_aligned_particles(p, box)
+        shard = Shard(ctx, shard_indices(torch.arange(meta.n), ctx), meta.n)
+        data, px = particle_rings(p, basis, meta, source, shard.index, progress)
         if m.voxel_size > 0 and abs(m.voxel_size - px) > 1e-3 * px:
             raise InvalidValueError(f"map voxel size {m.voxel_size:g} Å differs from the particles' pixel size {px:g} Å", p["map"])
         signal = None
@@ -235,67 +261,84 @@ def _setup(p: dict, device, dtype, progress: bool):
         px = p["pixel_size"] or m.voxel_size
         if not px > 0 and p["defocus"] != "none":
             raise InvalidValueError("the map header has no voxel size: give --pixel-size for the CTF", p["map"])
-        data = simulated_particles(p, basis, x, px or 1.0)
+        shard = Shard(ctx, shard_indices(torch.arange(p["n_images"]), ctx), p["n_images"])
+        data = simulated_particles(p, basis, x, px or 1.0, shard.index)
         signal = 0.5 * (data.rings.abs() ** 2 * (basis.radial_weights * basis.k)[:, None] * (2 * math.pi / data.n_psi)).sum((-2, -1))
     lik = RingLikelihood(basis, data, chunk=p["chunk"])
-    lik = RingLikelihood(basis, data, noise_model(p, lik, x, basis, signal), chunk=p["chunk"])
-    return basis, x, lik, meta, px or m.voxel_size or 1.0
+    lik = RingLikelihood(basis, data, noise_model(p, lik, x, basis, signal, shard), chunk=p["chunk"])
+    return basis, x, lik, meta, px or m.voxel_size or 1.0, shard
 
 
 def run_softmodes(params: dict, out: Path, resume: bool, progress: bool, device: str, started: float) -> dict:
-    """`cryoscope softmodes` with the CLI's params."""
+    """`cryoscope softmodes` with the CLI's params; with torchrun, particles are sharded over the processes (the
+    effective Hessian's per-image sums all-reduced) and rank 0 writes the outputs."""
+    ctx = init_distributed(device)
+    try:
+        return _run_softmodes(params, Path(out), resume, progress and ctx.is_main, ctx, started)
+    finally:
+        finalize_distributed(ctx)
+
+
+def _run_softmodes(p: dict, out: Path, resume: bool, progress: bool, ctx: DistContext, started: float) -> dict:
     from cryoscope.workflows.likelihood import finish_run
 
-    p, out = params, Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
     dtype = torch.float64 if p["dtype"] == "float64" else torch.float32
     torch.manual_seed(p["seed"])
     protect = tuple(q for q in (p["map"], p["particles"]) if q)
-    basis, x, lik, meta, voxel_size = _setup(p, dev, dtype, progress)
+    basis, x, lik, meta, voxel_size, shard = _setup(p, ctx, dtype, progress)
     ckpt = out / "stationary.pt"
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, p)
-        x, lik = state["x"].to(dev, dtype), lik.with_data(lik.data.with_rotations(state["rotations"].to(dev, dtype)))
-        info = state["info"]
+        rotations = state["rotations"][shard.index].to(ctx.device, dtype)
+        x, lik, info = state["x"].to(ctx.device, dtype), lik.with_data(lik.data.with_rotations(rotations)), state["info"]
     else:
-        lik, x, info = stationary_point(lik, x, p, progress)
-        save_checkpoint(ckpt, {"x": x.cpu(), "rotations": lik.data.rotations.cpu(), "info": info}, p)
-    analysis = analyse(lik, x, p, progress)
+        lik, x, info = stationary_point(lik, x, p, progress, ctx)
+        rotations = shard.gather(lik.data.rotations.reshape(-1, 9)).reshape(-1, 3, 3)
+        if ctx.is_main:
+            save_checkpoint(ckpt, {"x": x.cpu(), "rotations": rotations, "info": info}, p)
+        barrier(ctx)
+    analysis = analyse(lik, x, p, progress, ctx)
+    modes = analysis.modes
+    extra: dict = {}
+    if p["check_eigsh"]:
+        check = soft_modes(analysis.operator, p["n_modes"], "eigsh", tol=p["tol"], seed=p["seed"])
+        extra["eigsh_eigenvalues"] = check.eigenvalues.tolist()
+        extra["eigsh_max_relative_difference"] = float(((check.eigenvalues - modes.eigenvalues).abs() / modes.eigenvalues.abs()).max())
+    if p["logdet"]:
+        extra["logdet"], extra["logdet_standard_error"] = log_determinant(analysis.operator, seed=p["seed"])
+    all_rotations = shard.gather(lik.data.rotations.reshape(-1, 9)).reshape(-1, 3, 3)
+    alignments = shard.gather(modes.alignments.transpose(0, 1).reshape(len(lik), -1)).reshape(shard.n, -1, 3).transpose(0, 1)
+    if not ctx.is_main:
+        return {}
+    modes.alignments = alignments
     p_maps = min(p["maps_for"], p["n_modes"])
     maps, rows, degrees = write_mode_outputs(out, analysis, x, basis, voxel_size, {**p, "maps_for": p_maps}, protect)
-    write_alignment_table(out, lik.data.rotations, degrees)
+    write_alignment_table(out, all_rotations, degrees)
     fragile = torch.argsort(degrees[:, 0], descending=True)[: p["fragile"]]
-    modes = analysis.modes
     metrics = {
-        "n_images": len(lik), "box": basis.box, "two_pi_k": p["two_pi_k"], "k_max_cycles_per_box": basis.k_max,
-        "n_shells": basis.n_shells, "degree": basis.L, "n_parameters": basis.n_params, "noise_model": lik.noise.kind,
-        "temperature": lik.noise.temperature, "dof": disc_dof(basis.k_max), "eigenvalues": modes.eigenvalues.tolist(),
-        "modes": rows, "rigid_rayleigh_over_largest": (modes.rigid_rayleigh.abs() / modes.largest_ritz).tolist()
+        "n_images": shard.n, "processes": ctx.world_size, "box": basis.box, "two_pi_k": p["two_pi_k"],
+        "k_max_cycles_per_box": basis.k_max, "n_shells": basis.n_shells, "degree": basis.L, "n_parameters": basis.n_params,
+        "noise_model": lik.noise.kind, "temperature": lik.noise.temperature, "dof": disc_dof(basis.k_max),
+        "eigenvalues": modes.eigenvalues.tolist(), "modes": rows,
+        "rigid_rayleigh_over_largest": (modes.rigid_rayleigh.abs() / modes.largest_ritz).tolist()
         if math.isfinite(modes.largest_ritz) else modes.rigid_rayleigh.abs().tolist(),
         "lanczos_iterations": modes.iterations, "converged": modes.converged, "hessian_vector_products": analysis.matvecs,
         "hvp_per_second": analysis.hvp_per_second, "seconds_to_modes": analysis.seconds,
         "fragile_images": [{"index": int(j), "alignment_deg": float(degrees[j, 0])} for j in fragile],
-        "stationary_point": info, "maps_written": p_maps, "device": str(dev), "dtype": p["dtype"],
+        "stationary_point": info, "maps_written": p_maps, "device": str(ctx.device), "dtype": p["dtype"], **extra,
     }
-    if p["check_eigsh"]:
-        check = soft_modes(analysis.operator, p["n_modes"], "eigsh", tol=p["tol"])
-        metrics["eigsh_eigenvalues"] = check.eigenvalues.tolist()
-        metrics["eigsh_max_relative_difference"] = float(((check.eigenvalues - modes.eigenvalues).abs() / modes.eigenvalues.abs()).max())
-    if p["logdet"]:
-        est, err = log_determinant(analysis.operator, seed=p["seed"])
-        metrics["logdet"], metrics["logdet_standard_error"] = est, err
     if meta is not None:  # the polished poses, with |Δτ| of each mode (degrees, log-20 scaled)
         from cryoscope.io.metadata import ParticleMetadata
         from cryoscope.io.star import write_star
 
-        polished = ParticleMetadata(**{**vars(meta), "rotations": lik.data.rotations.double().cpu(), "euler": None})
-        extra = {f"cryoscopeSoftMode{i + 1}AlignmentDeg": degrees[:, i].numpy() for i in range(degrees.shape[1])}
-        write_star(out / "particles.star", polished, protect=protect, extra=extra)
+        polished = ParticleMetadata(**{**vars(meta), "rotations": all_rotations.double(), "euler": None})
+        cols = {f"cryoscopeSoftMode{i + 1}AlignmentDeg": degrees[:, i].numpy() for i in range(degrees.shape[1])}
+        write_star(out / "particles.star", polished, protect=protect, extra=cols)
     with atomic_path(out / "softmodes.pt", protect) as tmp:
         torch.save({"eigenvalues": modes.eigenvalues.cpu(), "modes": modes.modes.cpu(), "alignments": modes.alignments.cpu(),
                     "x": x.cpu(), "k": basis.k.cpu(), "degrees": basis.degrees.cpu()}, tmp)
-    write_report(out, analysis, rows, lik.data.rotations, maps, metrics)
+    write_report(out, analysis, rows, all_rotations, maps, metrics)
     finish_run(out, p, metrics, started)
     return metrics
 
@@ -309,6 +352,8 @@ def run_path(params: dict, out: Path, progress: bool, device: str, started: floa
 
     p, out = params, Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from cryoscope.device import resolve_device
+
     dev = resolve_device(device)
     dtype = torch.float64 if p["dtype"] == "float64" else torch.float32
     maps = [read_map(path, p["pixel_size"]) for path in p["maps"]]
