@@ -322,7 +322,7 @@ def _run_softmodes(p: dict, out: Path, resume: bool, progress: bool, ctx: DistCo
         "eigenvalues": modes.eigenvalues.tolist(), "modes": rows,
         "rigid_rayleigh_over_largest": (modes.rigid_rayleigh.abs() / modes.largest_ritz).tolist()
         if math.isfinite(modes.largest_ritz) else modes.rigid_rayleigh.abs().tolist(),
-        "lanczos_iterations": modes.iterations, "converged": modes.converged, "hessian_vector_products": analysis.matvecs,
+        "lanczos_iterations": modes.iterations, "converged": modes.converged, "largest_ritz": modes.largest_ritz, "hessian_vector_products": analysis.matvecs,
         "hvp_per_second": analysis.hvp_per_second, "seconds_to_modes": analysis.seconds,
         "fragile_images": [{"index": int(j), "alignment_deg": float(degrees[j, 0])} for j in fragile],
         "stationary_point": info, "maps_written": p_maps, "device": str(ctx.device), "dtype": p["dtype"], **extra,
