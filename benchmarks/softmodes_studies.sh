@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 run() {  # name, extra args...
   local name=$1; shift
   [ -f "$OUT/$name/metrics.json" ] && return 0
-  "$CLI" softmodes "$MAP" -o "$OUT/$name" --pixel-size 5 --n-images "$J" --two-pi-k "$K" --max-iter 250 \
+  "$CLI" softmodes "$MAP" -o "$OUT/$name" --pixel-size 5 --n-images "$J" --two-pi-k "$K" --max-iter "${ITERS:-120}" \
     --n-modes 7 --maps-for 1 --no-progress "$@" > "$OUT/$name.log" 2>&1
 }
 # viewing-angle distributions (noiseless templates; σ̂² from SNR 0.1 of the uniform set, fixed for all)
