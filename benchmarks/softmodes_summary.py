@@ -30,6 +30,8 @@ def main(out: Path) -> None:
         if name == "adk_path":
             continue
         d = json.loads(m.read_text())
+        if "modes" not in d:  # the morph's simulation, or the path
+            continue
         p = json.loads((m.parent / "params.json").read_text())
         rows.append((name, p, d))
     print("| run | poses | defocus (Å) | softest λ (residual) | λ2 | λ7 | ‖ΔF‖/‖F‖ (log 20) | max \\|Δτ\\| (°) | blind spots | Lanczos its | HVP/s | s to modes |")
