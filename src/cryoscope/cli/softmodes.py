@@ -10,6 +10,18 @@ from pathlib import Path
 import typer
 
 
+TWO_PI_K = typer.Option(32.0, "--two-pi-k", help="Resolution 2πK in the paper's units (radians per half box); k_max = 2πK/π cycles per box.")
+SHELLS = typer.Option(0, help="Radial Gauss–Legendre shells (0: ceil(2.4 k_max)).")
+DEGREE = typer.Option(0, help="Largest spherical-harmonic degree L (0: ceil(2πK)); each shell uses min(L, ceil(2π k r) + 2).")
+RADIUS = typer.Option(0.5, help="Object radius r in box units, which ties each shell's degree to its frequency.")
+N_PSI = typer.Option(0, help="Angles per image ring (0: 2L + 2).")
+PIXEL_SIZE = typer.Option(None, "--pixel-size", help="Pixel size, Å (when the files have none).")
+CHUNK = typer.Option(32, help="Images per chunk of the Hessian-vector product (memory).")
+DTYPE = typer.Option("float32", help="float32 or float64.")
+DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+PROGRESS = typer.Option(True, help="Show progress bars.")
+
+
 def softmodes(
     map_path: Path = typer.Argument(..., metavar="MAP", help="Map (MRC) whose reliability is analysed."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
@@ -18,16 +30,16 @@ def softmodes(
     n_images: int = typer.Option(1024, help="Simulated images (with --simulate)."),
     defocus: str = typer.Option("none", help="Simulated defocus: none (no CTF) or MIN:MAX Å (uniform; with --simulate)."),
     snr: float = typer.Option(0.1, help="Signal-to-noise power ratio inside the band that sets the temperature σ̂² of simulated data."),
-    two_pi_k: float = typer.Option(32.0, "--two-pi-k", help="Resolution 2πK in the paper's units (radians per half box); k_max = 2πK/π cycles per box."),
-    shells: int = typer.Option(0, help="Radial Gauss–Legendre shells (0: ceil(2.4 k_max))."),
-    degree: int = typer.Option(0, help="Largest spherical-harmonic degree L (0: ceil(2πK)); each shell uses min(L, ceil(2π k r) + 2)."),
-    radius: float = typer.Option(0.5, help="Object radius r in box units, which ties each shell's degree to its frequency."),
-    n_psi: int = typer.Option(0, help="Angles per image ring (0: 2L + 2)."),
+    two_pi_k: float = TWO_PI_K,
+    shells: int = SHELLS,
+    degree: int = DEGREE,
+    radius: float = RADIUS,
+    n_psi: int = N_PSI,
     noise: str = typer.Option("low-temperature", help="low-temperature (σ̂² known or estimated), marginal (dof' Σ log ℓ) or affine (log ℓ ≈ aℓ + b)."),
     temperature: float = typer.Option(None, help="σ̂², noise power per Fourier pixel (default: from the residuals, or from --snr when simulating)."),
     offset: bool = typer.Option(False, help="Marginalise a constant real-space offset per image (ℓ#)."),
     ctf: bool = typer.Option(True, help="Use the particles' CTF."),
-    pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (when the files have none)."),
+    pixel_size: float = PIXEL_SIZE,
     polish: int = typer.Option(8, help="Newton iterations that bring each pose to the likelihood's optimum (the implicit-alignment assumption)."),
     refine_map: int = typer.Option(0, help="Rounds of least-squares map + pose polishing before the analysis (a stationary point for noisy data)."),
     n_modes: int = typer.Option(7, help="Softest modes to find."),
@@ -38,12 +50,12 @@ def softmodes(
     logdet: bool = typer.Option(False, help="Estimate log det of the effective Hessian by stochastic Lanczos quadrature."),
     maps_for: int = typer.Option(2, help="Modes for which |ΔF| and F ± ΔF maps are written."),
     fragile: int = typer.Option(20, help="Number of most fragile images listed in metrics.json."),
-    chunk: int = typer.Option(32, help="Images per chunk of the Hessian-vector product (memory)."),
-    dtype: str = typer.Option("float32", help="float32 or float64."),
+    chunk: int = CHUNK,
+    dtype: str = DTYPE,
     resume: bool = typer.Option(False, help="Reuse OUT/stationary.pt (the polished poses and map) from an earlier run with the same options."),
     seed: int = typer.Option(0, help="Random seed (simulated poses and defoci, Lanczos start vector)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    device: str = DEVICE,
+    progress: bool = PROGRESS,
 ) -> None:
     """Softest modes of the Hessian of the log-likelihood (Lanczos), scaled to a log-likelihood ratio of log 20."""
     from cryoscope.errors import InvalidValueError
@@ -72,18 +84,18 @@ def softmodes_path(
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
     simulate: str = typer.Option("uniform", help="Poses of the noiseless images of each frame: uniform, cap:DEG, band:DEG, views:DEG or star:PATH."),
     n_images: int = typer.Option(1024, help="Images per frame."),
-    two_pi_k: float = typer.Option(32.0, "--two-pi-k", help="Resolution 2πK (radians per half box)."),
-    shells: int = typer.Option(0, help="Radial shells (0: ceil(2.4 k_max))."),
-    degree: int = typer.Option(0, help="Largest degree L (0: ceil(2πK))."),
-    radius: float = typer.Option(0.5, help="Object radius in box units (ties each shell's degree to its frequency)."),
-    n_psi: int = typer.Option(0, help="Angles per ring (0: 2L + 2)."),
+    two_pi_k: float = TWO_PI_K,
+    shells: int = SHELLS,
+    degree: int = DEGREE,
+    radius: float = RADIUS,
+    n_psi: int = N_PSI,
     temperature: float = typer.Option(1.0, help="σ̂² (1: the σ̂²-scaled likelihood of Eq. 78)."),
-    pixel_size: float = typer.Option(None, "--pixel-size", help="Voxel size, Å (when the headers have none)."),
-    chunk: int = typer.Option(32, help="Images per chunk."),
-    dtype: str = typer.Option("float32", help="float32 or float64."),
+    pixel_size: float = PIXEL_SIZE,
+    chunk: int = CHUNK,
+    dtype: str = DTYPE,
     seed: int = typer.Option(0, help="Random seed (poses)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    device: str = DEVICE,
+    progress: bool = PROGRESS,
 ) -> None:
     """Stiffness R(s) = ∂F† H(s) ∂F along a path of maps (alignments implicit): where free energies along it are ill-conditioned."""
     from cryoscope.workflows.softmodes import run_path

@@ -80,6 +80,14 @@ def direction_angles(R: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return np.degrees(np.arctan2(d[:, 1], d[:, 0])), np.degrees(np.arccos(np.clip(d[:, 2], -1, 1)))
 
 
+def _rot_tilt_axes(ax) -> None:
+    """Axes of a viewing-direction map: rot -180..180° across, tilt 0° (top) to 180° down."""
+    ax.set_xlabel("rot (°)")
+    ax.set_ylabel("tilt (°)")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(180, 0)
+
+
 def plot_angular_distribution(
     path: str | Path, R: torch.Tensor, bins: tuple[int, int] = (72, 36), title: str = "Angular distribution", dpi: int = 100
 ) -> Path:
@@ -96,10 +104,7 @@ def plot_angular_distribution(
     vmax = float(np.percentile(density, 99)) or None  # small polar bins would otherwise set the scale
     mesh = ax.pcolormesh(rot_edges, tilt_edges, density.T, cmap="viridis", shading="flat", vmin=0, vmax=vmax)
     fig.colorbar(mesh, ax=ax, label="particles / sr")
-    ax.set_xlabel("rot (°)")
-    ax.set_ylabel("tilt (°)")
-    ax.set_xlim(-180, 180)
-    ax.set_ylim(180, 0)
+    _rot_tilt_axes(ax)
     ax.set_title(f"{title} ({rot.size} views)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi)
@@ -225,7 +230,7 @@ def plot_alignment_field(
     w = _np(delta).reshape(-1, 3)
     # exp([ω]x)^T e_z ≈ e_z - ω x e_z, so the direction d = R^T e_z moves by R^T (-ω_y, ω_x, 0)
     dd = np.einsum("nji,nj->ni", _np(R).reshape(-1, 3, 3), np.stack([-w[:, 1], w[:, 0], np.zeros(len(w))], -1))
-    rot, tilt = np.degrees(np.arctan2(d[:, 1], d[:, 0])), np.degrees(np.arccos(np.clip(d[:, 2], -1, 1)))
+    rot, tilt = direction_angles(R)
     rho2 = np.maximum(d[:, 0] ** 2 + d[:, 1] ** 2, 1e-12)
     d_rot = np.degrees((d[:, 0] * dd[:, 1] - d[:, 1] * dd[:, 0]) / rho2)
     d_tilt = np.degrees(-dd[:, 2] / np.sqrt(rho2))
@@ -235,10 +240,7 @@ def plot_alignment_field(
     sc = ax.scatter(rot[order], tilt[order], c=mag[order], s=6, cmap="magma_r", lw=0)
     ax.quiver(rot, tilt, d_rot * np.sin(np.radians(tilt)), d_tilt, mag, cmap="magma_r", angles="xy", width=0.002)
     fig.colorbar(sc, ax=ax, label="|Δτ| (°)")
-    ax.set_xlim(-180, 180)
-    ax.set_ylim(180, 0)
-    ax.set_xlabel("rot (°)")
-    ax.set_ylabel("tilt (°)")
+    _rot_tilt_axes(ax)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi)
