@@ -26,7 +26,7 @@ def softmodes(
     map_path: Path = typer.Argument(..., metavar="MAP", help="Map (MRC) whose reliability is analysed."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
     particles: Path = typer.Option(None, help="Aligned particles (STAR with poses, CTF, origins) that the map was made from."),
-    simulate: str = typer.Option(None, help="Instead of particles, noiseless images of the map with poses: uniform, cap:DEG, band:DEG, views:DEG or star:PATH."),
+    simulate: str = typer.Option(None, help="Instead of particles, noiseless images of the map with poses: uniform, cap:DEG, band:DEG, polar:σ, equator:σ, views:DEG or star:FILE."),
     n_images: int = typer.Option(1024, help="Simulated images (with --simulate)."),
     defocus: str = typer.Option("none", help="Simulated defocus: none (no CTF) or MIN:MAX Å (uniform; with --simulate)."),
     snr: float = typer.Option(0.1, help="Signal-to-noise power ratio inside the band that sets the temperature σ̂² of simulated data."),
@@ -82,7 +82,7 @@ def softmodes(
 def softmodes_path(
     maps: list[Path] = typer.Argument(..., help="Maps along the path, in order (s uniform on [0, 1]), e.g. morph frames."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
-    simulate: str = typer.Option("uniform", help="Poses of the noiseless images of each frame: uniform, cap:DEG, band:DEG, views:DEG or star:PATH."),
+    simulate: str = typer.Option("uniform", help="Poses of the noiseless images of each frame: uniform, cap:DEG, band:DEG, polar:σ, equator:σ, views:DEG or star:FILE."),
     n_images: int = typer.Option(1024, help="Images per frame."),
     two_pi_k: float = TWO_PI_K,
     shells: int = SHELLS,

@@ -40,7 +40,7 @@ class _ImageTerms:
         res, dS, ell, dl, blocks = [], [], [], [], []
         for s in lik.chunks():
             g = lik.slicer.rotate(F, lik.data.rotations[s])
-            r = self._rings(g, s) - self._project(lik.data.rings[s])
+            r = self._rings(g, s) - self.lik.project(lik.data.rings[s])
             d = torch.stack([self._rings(apply_generator(g, i), s) for i in range(3)], 1)
             H = torch.empty(r.shape[0], 3, 3, dtype=x.dtype, device=x.device)
             for i in range(3):
@@ -58,19 +58,13 @@ class _ImageTerms:
         g1 = self.grad_omega
         self.blocks = self.phi1[:, None, None] * torch.cat(blocks) + self.phi2[:, None, None] * g1[:, :, None] * g1[:, None, :]
 
-    def _project(self, rings: torch.Tensor) -> torch.Tensor:
-        if self.lik._offset is None:
-            return rings
-        c, cc = self.lik._offset
-        return rings - ((self.area * (c.conj() * rings).real).sum((-2, -1)) / cc)[..., None, None] * c
-
     def _rings(self, g: torch.Tensor, index: slice) -> torch.Tensor:
         """Projected, modulated slices P(M ⊙ Sl(g)) [j, ..., n_k, n_psi] of rotated coefficients."""
         S = self.lik.slicer.slice(g)
         mod = self.lik.data.modulation(index)
         if mod is not None:
             S = S * (mod if S.dim() == mod.dim() else mod[:, None])
-        return self._project(S)
+        return self.lik.project(S)
 
     def _dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (self.area * (a.conj() * b).real).sum((-2, -1))
@@ -114,7 +108,7 @@ class EffectiveHessian(_ImageTerms):
             R = lik.data.rotations[s]
             mod = lik.data.modulation(s)
             D = slicer.derivative_slices(lik.slicer.rotate(V, R)).transpose(1, 2)  # [j, 4, n_k, n_psi]: δS, ∂_i δS
-            D = self._project(D if mod is None else D * mod[:, None])
+            D = self.lik.project(D if mod is None else D * mod[:, None])
             dS, ddS = D[:, 0], D[:, 1:]
             r, d = self.residuals[s], self.dS[s]
             p1, p2 = self.phi1[s], self.phi2[s]

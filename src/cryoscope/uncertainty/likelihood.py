@@ -107,11 +107,16 @@ class RingLikelihood:
 
     def residual_terms(self, x: torch.Tensor, index: slice, omega: torch.Tensor | None = None, rotations: torch.Tensor | None = None) -> torch.Tensor:
         """ℓ_j (or ℓ#_j) [j] of the particles at `index`."""
-        r = self.data.rings[index] - self.templates(x, index, omega, rotations)
-        if self._offset is not None:  # remove the least-squares real offset μ c
-            c, cc = self._offset
-            r = r - ((self.area * (c.conj() * r).real).sum((-2, -1)) / cc)[:, None, None] * c
+        r = self.project(self.data.rings[index] - self.templates(x, index, omega, rotations))
         return 0.5 * (self.area * (r.real**2 + r.imag**2)).sum((-2, -1))
+
+    def project(self, rings: torch.Tensor) -> torch.Tensor:
+        """Rings [..., n_k, n_psi] minus their least-squares fit by a real-space constant (the offset ring), when the
+        noise model marginalises the offset; unchanged otherwise. Self-adjoint in the area-weighted inner product."""
+        if self._offset is None:
+            return rings
+        c, cc = self._offset
+        return rings - ((self.area * (c.conj() * rings).real).sum((-2, -1)) / cc)[..., None, None] * c
 
     def per_image(self, x: torch.Tensor, rotations: torch.Tensor | None = None) -> torch.Tensor:
         """ℓ_j [J] at the data's poses (or at `rotations` [J, 3, 3])."""
