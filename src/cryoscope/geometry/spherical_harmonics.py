@@ -241,3 +241,45 @@ def ladder_coefficients(L: int, dtype: torch.dtype, device) -> tuple[torch.Tenso
 def equator_harmonics(L: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """Y_l^m(π/2, 0) = Z_l^m P_l^m(0) [L+1, 2L+1] (zero for odd l + m): the equatorial-slice weights of Eq. 41."""
     return legendre(L, torch.zeros((), dtype=dtype, device=device))
+
+
+@lru_cache(maxsize=128)
+def _real_transform(l: int) -> np.ndarray:
+    """Unitary U_l [2l+1, 2l+1] with real harmonics Y^r = U_l Y (rows and columns m = -l..l).
+
+    Y^r_m = sqrt(2) (-1)^m Re Y_l^m (m > 0), Y_l^0 (m = 0), sqrt(2) (-1)^m Im Y_l^|m| (m < 0): the usual real
+    harmonics without the Condon–Shortley phase (√2 P̄_l^m cos mφ and √2 P̄_l^|m| sin |m|φ).
+    """
+    U = np.zeros((2 * l + 1, 2 * l + 1), dtype=np.complex128)
+    U[l, l] = 1
+    r = 1 / math.sqrt(2)
+    for m in range(1, l + 1):
+        U[l + m, l + m], U[l + m, l - m] = (-1) ** m * r, r
+        U[l - m, l - m], U[l - m, l + m] = 1j * r, -1j * (-1) ** m * r
+    return U
+
+
+def real_spherical_harmonics(L: int, u: torch.Tensor) -> torch.Tensor:
+    """Real harmonics Y^r_{l,m} [..., L+1, 2L+1] (padded, zero where |m| > l) at unit vectors u [..., 3] (x, y, z).
+
+    Orthonormal on the unit sphere; stable to high degree (normalised Legendre recursion in l). Conventions in
+    `_real_transform`.
+    """
+    theta, phi = direction_angles(u)
+    P = legendre(L, torch.cos(theta)).movedim(0, -1).movedim(0, -1)  # [..., L+1, 2L+1]
+    m = m_values(L, u.dtype, u.device)
+    am = m.abs()
+    trig = torch.where(m >= 0, torch.cos(am * phi[..., None]), torch.sin(am * phi[..., None]))  # [..., 2L+1]
+    scale = torch.where(m == 0, 1.0, math.sqrt(2) * (-1.0) ** am).to(u.dtype)  # removes the Condon–Shortley phase
+    Pm = torch.cat([P[..., L:].flip(-1)[..., :L], P[..., L:]], -1)  # P̄_l^|m| in every column
+    return Pm * (trig * scale)[..., None, :]
+
+
+def real_wigner_matrices(l: int, rotations: torch.Tensor) -> torch.Tensor:
+    """Real Wigner matrices [J, 2l+1, 2l+1] for rotations [J, 3, 3]: the coefficients of f(R^{-1} u) are D^r(R) a
+    when f = Σ_m a_m Y^r_{l,m} (same action as `WignerRotation`, in the real basis: D^r = conj(U) D U^T)."""
+    alpha, beta, gamma = zyz_angles(rotations.to(torch.float64))
+    m = m_values(l, torch.float64, rotations.device)
+    D = torch.exp(-1j * alpha[:, None, None] * m[:, None]) * wigner_small_d(l, beta) * torch.exp(-1j * gamma[:, None, None] * m[None, :])
+    U = torch.as_tensor(_real_transform(l), device=rotations.device)
+    return (U.conj() @ D @ U.T).real.to(rotations.dtype)

@@ -1,0 +1,290 @@
+"""Generalised EM for the ML mean, covariance and noise of a spherical-basis density (dissertation §2.6.2–2.6.3).
+
+Orientations (a quadrature of the asymmetric unit, uniform prior) and classes are the nuisance variables. Each
+iteration: an E-step (posterior weights over class × orientation with log-sum-exp, pruned below `prune` × the
+image's peak), then the closed-form mean (and, while V = 0, the closed-form noise), or L-BFGS-B on log V and log λ²
+with the weights fixed. Schedule (§2.6.3): iterate the mean to convergence from V = 0, then update V from where it
+was, and stop when the mean has converged twice in succession. Every step can only increase the likelihood
+(exactly so without pruning), which `history` records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+
+from cryoscope.errors import InvalidValueError
+from cryoscope.hetero.likelihood import Woodbury, gram, log_likelihood, mean_normal_equations, project_data
+from cryoscope.hetero.operator import ProjectionOperator
+
+
+@dataclass
+class HeteroModel:
+    """K classes: means [K, N_c], diagonal variances [K, N_c], noise variance λ² (pixel units²) and class weights [K]."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    noise: torch.Tensor
+    weights: torch.Tensor
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.mean.shape[0])
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "variance": self.variance, "noise": self.noise, "weights": self.weights}
+
+
+@dataclass
+class HeteroData:
+    """Per-channel measurements y [n, P_ch] and |y|² [n], CTF group per image [n] with the groups' CTFs [G, P] on the
+    half-plane pixels (None: no CTF), and optionally which quadrature orientations each image may take [n, T]."""
+
+    y: tuple[torch.Tensor, ...]
+    group: torch.Tensor
+    ctf: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
+    yy: tuple[torch.Tensor, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.yy = tuple(y.pow(2).sum(-1) for y in self.y)
+        for y in self.y:
+            if not bool(torch.isfinite(y).all()):
+                raise InvalidValueError("particle images contain NaN or Inf")
+
+    @property
+    def n(self) -> int:
+        return int(self.y[0].shape[0])
+
+
+@dataclass
+class EStep:
+    """Posterior weights [K, n, T] (pruned, each image's sum 1) and the marginal log-likelihood Σ_i log p(y_i)."""
+
+    weights: torch.Tensor
+    log_likelihood: float
+    per_image: torch.Tensor
+
+
+class HeteroEstimator:
+    """Runs the E- and M-steps for a `ProjectionOperator`, data and an orientation quadrature [T, 3, 3]."""
+
+    def __init__(
+        self,
+        operator: ProjectionOperator,
+        data: HeteroData,
+        rotations: torch.Tensor,
+        chunk: int = 32,
+        prune: float = 1e-3,
+        progress: Callable[[str, int, int], None] | None = None,
+    ):
+        self.op, self.data, self.chunk, self.prune = operator, data, int(chunk), float(prune)
+        self.rotations = rotations.to(dtype=operator.dtype, device=operator.device)
+        self.progress = progress
+        self.P_total = operator.n_measurements
+
+    # ----------------------------------------------------------------------------------------------- shared loop
+    def _blocks(self, active: torch.Tensor | None, label: str):
+        """Yield (orientation slice, group images, per-channel (S, z, P)) over orientation chunks and CTF groups.
+
+        active [n, T] bool restricts each chunk to the images that may take one of its orientations."""
+        T = self.rotations.shape[0]
+        n_chunks = (T + self.chunk - 1) // self.chunk
+        for ci, start in enumerate(range(0, T, self.chunk)):
+            sl = slice(start, min(T, start + self.chunk))
+            if self.progress is not None:
+                self.progress(label, ci, n_chunks)
+            images = torch.arange(self.data.n, device=self.op.device)
+            if active is not None:
+                images = images[active[:, sl].any(1)]
+            if images.numel() == 0:
+                continue
+            Ls = self.op.matrices(self.rotations[sl])
+            for g in torch.unique(self.data.group[images]).tolist():
+                idx = images[self.data.group[images] == g]
+                terms = []
+                for ch, L, y in zip(self.op.channels, Ls, self.data.y):
+                    Lg = L if self.data.ctf is None else L * self.data.ctf[g, ch.pixels][None, :, None].to(L)
+                    terms.append((gram(Lg), project_data(Lg, y[idx]), int(ch.pixels.numel())))
+                yield sl, idx, terms
+
+    def _factors(self, variance: torch.Tensor, k: int) -> list[torch.Tensor | None]:
+        if not bool((variance[k] > 0).any()):
+            return [None for _ in self.op.channels]
+        return [variance[k, ch.columns].clamp_min(0).sqrt() for ch in self.op.channels]
+
+    # ----------------------------------------------------------------------------------------------- E-step
+    @torch.no_grad()
+    def e_step(self, model: HeteroModel) -> EStep:
+        K, n, T = model.n_classes, self.data.n, self.rotations.shape[0]
+        logp = torch.full((K, n, T), -math.inf, dtype=self.op.dtype, device=self.op.device)
+        for sl, idx, terms in self._blocks(self.data.candidates, "E-step"):
+            for k in range(K):
+                total = 0
+                for c, ((S, z, P), ch, F) in enumerate(zip(terms, self.op.channels, self._factors(model.variance, k))):
+                    wood = Woodbury(S, F, model.noise, P)
+                    total = total + log_likelihood(z, self.data.yy[c][idx], S, model.mean[k, ch.columns], wood, P)
+                block = logp[k, idx, sl]
+                if self.data.candidates is not None:
+                    total = torch.where(self.data.candidates[idx, sl].T, total, torch.full_like(total, -math.inf))
+                logp[k, idx, sl] = total.T.to(block)
+        logp += torch.log(model.weights.to(logp))[:, None, None] - math.log(T)
+        per_image = torch.logsumexp(logp.permute(1, 0, 2).reshape(n, -1), dim=1)
+        w = torch.exp(logp - per_image[None, :, None])
+        if self.prune > 0:
+            peak = w.permute(1, 0, 2).reshape(n, -1).max(1).values
+            w = torch.where(w >= self.prune * peak[None, :, None], w, torch.zeros_like(w))
+            w = w / w.sum((0, 2))[None, :, None]
+        return EStep(w, float(per_image.sum()), per_image)
+
+    # ----------------------------------------------------------------------------------------------- M-steps
+    @torch.no_grad()
+    def update_mean(self, model: HeteroModel, estep: EStep, update_noise: bool) -> float:
+        """Closed-form means (and class weights; and λ² when V = 0); returns the relative change of the means."""
+        K, N = model.n_classes, self.op.basis.size
+        A = [[torch.zeros(ch.columns.numel(), ch.columns.numel(), dtype=self.op.dtype, device=self.op.device) for ch in self.op.channels] for _ in range(K)]
+        h = [[torch.zeros(ch.columns.numel(), dtype=self.op.dtype, device=self.op.device) for ch in self.op.channels] for _ in range(K)]
+        active = (estep.weights > 0).any(0)
+        for sl, idx, terms in self._blocks(active, "mean"):
+            for k in range(K):
+                w = estep.weights[k, idx, sl].T  # [J, n_g]
+                if not bool((w > 0).any()):
+                    continue
+                for c, ((S, z, P), F) in enumerate(zip(terms, self._factors(model.variance, k))):
+                    dA, dh = mean_normal_equations(S, w.sum(1), torch.einsum("ji,jin->jn", w, z), Woodbury(S, F, model.noise, P))
+                    A[k][c] += dA
+                    h[k][c] += dh
+        new = torch.zeros(K, N, dtype=self.op.dtype, device=self.op.device)
+        explained = 0.0
+        for k in range(K):
+            for c, ch in enumerate(self.op.channels):
+                Akc = A[k][c]
+                ridge = 1e-10 * Akc.diagonal().mean().clamp_min(1e-300) * torch.eye(Akc.shape[0], dtype=Akc.dtype, device=Akc.device)
+                sol = torch.linalg.solve(Akc + ridge, h[k][c])
+                new[k, ch.columns] = sol
+                explained += float(h[k][c] @ sol)
+        change = float((new - model.mean).norm() / model.mean.norm().clamp_min(1e-300))
+        model.mean = new
+        model.weights = estep.weights.sum((1, 2)) / self.data.n
+        if update_noise:
+            yy = sum(float(v.sum()) for v in self.data.yy)
+            model.noise = torch.tensor(max(yy - explained, 1e-300) / (self.data.n * self.P_total), dtype=self.op.dtype, device=self.op.device)
+        return change
+
+    def update_variance(self, model: HeteroModel, estep: EStep, max_iterations: int = 30) -> dict:
+        """L-BFGS-B on log V (all classes) and log λ² with the weights fixed; keeps the old values unless Q improves."""
+        K, N = model.n_classes, self.op.basis.size
+        scale = float(model.mean.pow(2).mean().clamp_min(1e-300))
+        floor, ceiling = 1e-10 * scale, 10 * scale
+        v0 = torch.where(model.variance > floor, model.variance, torch.full_like(model.variance, 1e-4 * scale)).clamp(floor, ceiling)
+        x0 = np.concatenate([torch.log(v0).reshape(-1).cpu().numpy(), [math.log(float(model.noise))]])
+        bounds = [(math.log(floor), math.log(ceiling))] * (K * N) + [(math.log(float(model.noise)) - 9.2, math.log(float(model.noise)) + 9.2)]
+        active = (estep.weights > 0).any(0)
+        calls = {"n": 0}
+
+        def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+            calls["n"] += 1
+            theta = torch.tensor(x, dtype=self.op.dtype, device=self.op.device, requires_grad=True)
+            value = 0.0
+            for sl, idx, terms in self._blocks(active, "variance"):
+                v = torch.exp(theta[:-1]).reshape(K, N)
+                noise = torch.exp(theta[-1])
+                q = 0
+                for k in range(K):
+                    w = estep.weights[k, idx, sl].T
+                    if not bool((w > 0).any()):
+                        continue
+                    for c, ((S, z, P), ch) in enumerate(zip(terms, self.op.channels)):
+                        wood = Woodbury(S, v[k, ch.columns].sqrt(), noise, P)
+                        ll = log_likelihood(z, self.data.yy[c][idx], S, model.mean[k, ch.columns], wood, P)
+                        q = q + (w * ll).sum()
+                if torch.is_tensor(q):
+                    (-q / self.data.n).backward()
+                    value += float(q)
+            grad = theta.grad.cpu().numpy() if theta.grad is not None else np.zeros_like(x)
+            return -value / self.data.n, grad
+
+        f0, _ = objective(x0)
+        res = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": max_iterations})
+        improved = bool(res.fun < f0)
+        if improved:
+            model.variance = torch.exp(torch.tensor(res.x[:-1], dtype=self.op.dtype, device=self.op.device)).reshape(K, N)
+            model.noise = torch.tensor(math.exp(res.x[-1]), dtype=self.op.dtype, device=self.op.device)
+        return {"q_before": -f0, "q_after": -float(res.fun), "evaluations": calls["n"], "improved": improved, "message": str(res.message)}
+
+    # ----------------------------------------------------------------------------------------------- schedule
+    def run(
+        self,
+        model: HeteroModel,
+        estimate_variance: bool = True,
+        tol: float = 1e-3,
+        max_mean_iterations: int = 20,
+        max_rounds: int = 10,
+        variance_iterations: int = 30,
+        on_iteration: Callable[[dict], None] | None = None,
+    ) -> tuple[HeteroModel, list[dict]]:
+        """The GEM schedule from the model given (V = 0 to start); returns the model and one record per step."""
+        history: list[dict] = []
+        quick = 0
+        for rnd in range(max_rounds):
+            for it in range(max_mean_iterations):
+                estep = self.e_step(model)
+                no_variance = not bool((model.variance > 0).any())
+                change = self.update_mean(model, estep, update_noise=no_variance)
+                record = {"round": rnd, "step": "mean", "iteration": it, "log_likelihood": estep.log_likelihood,
+                          "mean_change": change, "noise": float(model.noise), "class_weights": model.weights.tolist()}
+                history.append(record)
+                if on_iteration is not None:
+                    on_iteration(record)
+                if change < tol:
+                    break
+            quick = quick + 1 if it == 0 else 0
+            if quick >= 2 or not estimate_variance or rnd == max_rounds - 1:
+                break
+            estep = self.e_step(model)
+            info = self.update_variance(model, estep, variance_iterations)
+            record = {"round": rnd, "step": "variance", "log_likelihood": estep.log_likelihood, "noise": float(model.noise), **info}
+            history.append(record)
+            if on_iteration is not None:
+                on_iteration(record)
+        final = self.e_step(model)
+        history.append({"round": len(history), "step": "final", "log_likelihood": final.log_likelihood, "noise": float(model.noise)})
+        return model, history
+
+
+@torch.no_grad()
+def known_pose_model(op: ProjectionOperator, data: HeteroData, rotations: torch.Tensor, n_classes: int = 1,
+                     batch: int = 64, generator: torch.Generator | None = None) -> HeteroModel:
+    """The homogeneous start (V = 0): least-squares mean and noise from each image's given rotation [n, 3, 3].
+
+    With several classes every class starts from that mean plus a small random perturbation (1 % of its norm,
+    drawn from `generator`) so that the E-step can break the symmetry between them.
+    """
+    A = [torch.zeros(ch.columns.numel(), ch.columns.numel(), dtype=op.dtype, device=op.device) for ch in op.channels]
+    h = [torch.zeros(ch.columns.numel(), dtype=op.dtype, device=op.device) for ch in op.channels]
+    for s in range(0, data.n, batch):
+        sl = slice(s, min(data.n, s + batch))
+        for c, (ch, L) in enumerate(zip(op.channels, op.matrices(rotations[sl]))):
+            if data.ctf is not None:
+                L = L * data.ctf[data.group[sl]][:, ch.pixels, None].to(L)
+            A[c] += torch.einsum("jpa,jpb->ab", L, L)
+            h[c] += torch.einsum("jpa,jp->a", L, data.y[c][sl])
+    mean = torch.zeros(op.basis.size, dtype=op.dtype, device=op.device)
+    explained = 0.0
+    for c, ch in enumerate(op.channels):
+        ridge = 1e-10 * A[c].diagonal().mean().clamp_min(1e-300) * torch.eye(A[c].shape[0], dtype=op.dtype, device=op.device)
+        mean[ch.columns] = torch.linalg.solve(A[c] + ridge, h[c])
+        explained += float(h[c] @ mean[ch.columns])
+    noise = max(sum(float(v.sum()) for v in data.yy) - explained, 1e-300) / (data.n * op.n_measurements)
+    means = mean.expand(n_classes, -1).clone()
+    if n_classes > 1:
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        jitter = torch.randn(n_classes, mean.shape[0], generator=g, dtype=mean.dtype).to(mean.device)
+        means += 0.01 * float(mean.norm()) * jitter / jitter.norm(dim=1, keepdim=True)
+    return HeteroModel(means, torch.zeros_like(means), torch.tensor(noise, dtype=op.dtype, device=op.device),
+                       torch.full((n_classes,), 1.0 / n_classes, dtype=op.dtype, device=op.device))
