@@ -19,7 +19,7 @@ import torch
 from scipy.optimize import minimize
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.hetero.likelihood import Woodbury, gram, log_likelihood, mean_normal_equations, project_data
+from cryoscope.hetero.likelihood import Woodbury, expected_log_likelihood, gram, log_likelihood, mean_normal_equations, project_data
 from cryoscope.hetero.operator import ProjectionOperator
 
 
@@ -176,41 +176,49 @@ class HeteroEstimator:
             model.noise = torch.tensor(max(yy - explained, 1e-300) / (self.data.n * self.P_total), dtype=self.op.dtype, device=self.op.device)
         return change
 
+    @torch.no_grad()
+    def _moments(self, model: HeteroModel, estep: EStep) -> dict[tuple[int, int], tuple]:
+        """Per (class, channel): S, W, E, R (see `expected_log_likelihood`) over the orientations with weight."""
+        acc: dict[tuple[int, int], list] = {}
+        for sl, idx, terms in self._blocks((estep.weights > 0).any(0), "moments"):
+            for k in range(model.n_classes):
+                w = estep.weights[k, idx, sl].T  # [J, n_g]
+                keep = w.sum(1) > 0
+                if not bool(keep.any()):
+                    continue
+                w = w[keep]
+                for c, ((S, z, P), ch) in enumerate(zip(terms, self.op.channels)):
+                    S, z, c_bar = S[keep], z[keep], model.mean[k, ch.columns]
+                    Sc = S @ c_bar
+                    e = z - Sc[:, None, :]
+                    rr = self.data.yy[c][idx][None] - 2 * z @ c_bar + (Sc @ c_bar)[:, None]
+                    E = torch.einsum("ji,jia,jib->jab", w, e, e)
+                    acc.setdefault((k, c), []).append((S, w.sum(1), E, (w * rr).sum(1), P))
+        return {key: tuple(torch.cat([p[i] for p in parts]) for i in range(4)) + (parts[0][4],) for key, parts in acc.items()}
+
     def update_variance(self, model: HeteroModel, estep: EStep, max_iterations: int = 30) -> dict:
         """L-BFGS-B on log V (all classes) and log λ² with the weights fixed; keeps the old values unless Q improves."""
         K, N = model.n_classes, self.op.basis.size
         scale = float(model.mean.pow(2).mean().clamp_min(1e-300))
         floor, ceiling = 1e-10 * scale, 10 * scale
-        v0 = torch.where(model.variance > floor, model.variance, torch.full_like(model.variance, 1e-4 * scale)).clamp(floor, ceiling)
+        # from V = 0 start at a tenth of the mean's power: on the log scale the gradient vanishes as v -> 0
+        v0 = torch.where(model.variance > floor, model.variance, torch.full_like(model.variance, 0.1 * scale)).clamp(floor, ceiling)
         x0 = np.concatenate([torch.log(v0).reshape(-1).cpu().numpy(), [math.log(float(model.noise))]])
         bounds = [(math.log(floor), math.log(ceiling))] * (K * N) + [(math.log(float(model.noise)) - 9.2, math.log(float(model.noise)) + 9.2)]
-        active = (estep.weights > 0).any(0)
+        moments = self._moments(model, estep)
         calls = {"n": 0}
 
         def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
             calls["n"] += 1
             theta = torch.tensor(x, dtype=self.op.dtype, device=self.op.device, requires_grad=True)
-            value = 0.0
-            for sl, idx, terms in self._blocks(active, "variance"):
-                v = torch.exp(theta[:-1]).reshape(K, N)
-                noise = torch.exp(theta[-1])
-                q = 0
-                for k in range(K):
-                    w = estep.weights[k, idx, sl].T
-                    if not bool((w > 0).any()):
-                        continue
-                    for c, ((S, z, P), ch) in enumerate(zip(terms, self.op.channels)):
-                        wood = Woodbury(S, v[k, ch.columns].sqrt(), noise, P)
-                        ll = log_likelihood(z, self.data.yy[c][idx], S, model.mean[k, ch.columns], wood, P)
-                        q = q + (w * ll).sum()
-                if torch.is_tensor(q):
-                    (-q / self.data.n).backward()
-                    value += float(q)
-            grad = theta.grad.cpu().numpy() if theta.grad is not None else np.zeros_like(x)
-            return -value / self.data.n, grad
+            v, noise = torch.exp(theta[:-1]).reshape(K, N), torch.exp(theta[-1])
+            q = sum(expected_log_likelihood(S, W, E, R, v[k, self.op.channels[c].columns].sqrt(), noise, P)
+                    for (k, c), (S, W, E, R, P) in moments.items())
+            (-q / self.data.n).backward()
+            return -float(q.detach()) / self.data.n, theta.grad.cpu().numpy()
 
         f0, _ = objective(x0)
-        res = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": max_iterations})
+        res = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": max_iterations, "ftol": 1e-13, "gtol": 1e-9})
         improved = bool(res.fun < f0)
         if improved:
             model.variance = torch.exp(torch.tensor(res.x[:-1], dtype=self.op.dtype, device=self.op.device)).reshape(K, N)

@@ -89,3 +89,16 @@ def mean_normal_equations(S: torch.Tensor, W: torch.Tensor, Z: torch.Tensor, woo
     A = torch.einsum("j,jab->ab", W, S - wood.smooth(S) @ S)  # smooth(S) = S F M^-1 F^T (S symmetric)
     h = (Z - (S @ wood.smooth(Z[:, None, :]).transpose(1, 2)).squeeze(-1)).sum(0)
     return A, h
+
+
+def expected_log_likelihood(S: torch.Tensor, W: torch.Tensor, E: torch.Tensor, R: torch.Tensor, factor: torch.Tensor,
+                            noise: torch.Tensor, n_measurements: int) -> torch.Tensor:
+    """Σ_j Σ_i w_ij log p(y_i | θ_j) from per-orientation moments, differentiable in the factor and λ².
+
+    S [J, N, N]; W_j = Σ_i w_ij; E_j = Σ_i w_ij e_ij e_ij^T with e = L^T (y - L c̄); R_j = Σ_i w_ij |y_i - L c̄|².
+    The trace term tr(M_j^{-1} F^T E_j F) replaces Σ_i w_ij |K_j^{-1} F^T e_ij|², so no image is touched.
+    """
+    wood = Woodbury(S, factor, noise, n_measurements)
+    FEF = scale_gram(E, factor)
+    explained = torch.diagonal(torch.cholesky_solve(FEF, wood.K), dim1=-2, dim2=-1).sum(-1)
+    return -0.5 * ((W * (n_measurements * math.log(2 * math.pi) + wood.logdet)).sum() + (R.sum() - explained.sum()) / noise)
