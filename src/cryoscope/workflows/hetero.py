@@ -200,12 +200,13 @@ def write_particles(out: Path, meta: ParticleMetadata, weights: torch.Tensor, gr
     write_star(out / "particles.star", new, protect=protect, extra=extra)
 
 
-def write_radial_csv(path: Path, r_angstrom: torch.Tensor, columns: dict[str, torch.Tensor], protect=()) -> None:
+def write_radial_csv(path: Path, x: torch.Tensor, columns: dict[str, torch.Tensor], protect=(), x_name: str = "radius_angstrom") -> None:
+    """A CSV of curves sampled at x (radii in Å, or frequencies in 1/Å with x_name)."""
     with atomic_path(path, protect) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["radius_angstrom", *columns])
-        for i in range(r_angstrom.numel()):
-            w.writerow([f"{float(r_angstrom[i]):.4f}", *(f"{float(v[i]):.6g}" for v in columns.values())])
+        w.writerow([x_name, *columns])
+        for i in range(x.numel()):
+            w.writerow([f"{float(x[i]):.6g}", *(f"{float(v[i]):.6g}" for v in columns.values())])
 
 
 def write_run_report(out: Path, history: list[dict], r: torch.Tensor, sds: list[torch.Tensor], maps: list[str], metrics: dict) -> None:
@@ -275,7 +276,7 @@ def run_analyze(p: dict, out: Path, started: float) -> dict:
         mean2, var2 = model2.mean[cls].double(), model2.variance[cls].double()
         k = torch.linspace(0, basis.band_limit(), 100, dtype=torch.float64)[1:]
         fsc, e1, e2 = shell_correlation(basis, mean, mean2, k)
-        write_radial_csv(out / "fsc.csv", k / px, {"fsc": fsc, "energy_1": e1, "energy_2": e2})
+        write_radial_csv(out / "fsc.csv", k / px, {"fsc": fsc, "energy_1": e1, "energy_2": e2}, x_name="frequency_inverse_angstrom")
         maps = [basis.to_voxels(c, box) for c in (mean, mean2)]
         r1, r2 = (x / px for x in p["region"]) if p["region"] else (0.5 * basis.radius, basis.radius)
         g = gain(maps[0], maps[1], capsid_region(maps, r1, r2))
