@@ -19,7 +19,7 @@ import torch
 from scipy.optimize import minimize
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.hetero.likelihood import Woodbury, expected_log_likelihood, gram, log_likelihood, mean_normal_equations, project_data
+from cryoscope.hetero.likelihood import Woodbury, expected_log_likelihood, gram, log_likelihood, mean_normal_equations
 from cryoscope.hetero.operator import ProjectionOperator
 
 
@@ -90,49 +90,52 @@ class HeteroEstimator:
 
     # ----------------------------------------------------------------------------------------------- shared loop
     def _blocks(self, active: torch.Tensor | None, label: str):
-        """Yield (orientation slice, group images, per-channel (S, z, P)) over orientation chunks and CTF groups.
+        """Yield (orientation slice, per-channel (S [J, N, N], P), pairs) over orientation chunks and CTF groups, with
+        pairs a list of (j, images [m], per-channel z = L_j^T y [m, N]) for the images that may take orientation j.
 
-        active [n, T] bool restricts each chunk to the images that may take one of its orientations."""
+        active [n, T] bool: which images each orientation is evaluated for (all when None)."""
         T = self.rotations.shape[0]
         n_chunks = (T + self.chunk - 1) // self.chunk
+        everyone = torch.ones(self.data.n, dtype=torch.bool, device=self.op.device)
         for ci, start in enumerate(range(0, T, self.chunk)):
             sl = slice(start, min(T, start + self.chunk))
             if self.progress is not None:
                 self.progress(label, ci, n_chunks)
-            images = torch.arange(self.data.n, device=self.op.device)
-            if active is not None:
-                images = images[active[:, sl].any(1)]
-            if images.numel() == 0:
+            mask = everyone[:, None].expand(-1, sl.stop - sl.start) if active is None else active[:, sl]
+            if not bool(mask.any()):
                 continue
             Ls = self.op.matrices(self.rotations[sl])
-            for g in torch.unique(self.data.group[images]).tolist():
-                idx = images[self.data.group[images] == g]
-                terms = []
-                for ch, L, y in zip(self.op.channels, Ls, self.data.y):
-                    Lg = L if self.data.ctf is None else L * self.data.ctf[g, ch.pixels][None, :, None].to(L)
-                    terms.append((gram(Lg), project_data(Lg, y[idx]), int(ch.pixels.numel())))
-                yield sl, idx, terms
+            for g in torch.unique(self.data.group[mask.any(1)]).tolist():
+                in_group = mask & (self.data.group == g)[:, None]
+                Lgs = [L if self.data.ctf is None else L * self.data.ctf[g, ch.pixels][None, :, None].to(L) for ch, L in zip(self.op.channels, Ls)]
+                grams = [(gram(Lg), int(ch.pixels.numel())) for ch, Lg in zip(self.op.channels, Lgs)]
+                pairs = []
+                for j in range(sl.stop - sl.start):
+                    images = torch.nonzero(in_group[:, j]).squeeze(1)
+                    if images.numel():
+                        pairs.append((j, images, [y[images] @ Lg[j] for y, Lg in zip(self.data.y, Lgs)]))
+                yield sl, grams, pairs
 
     def _factors(self, variance: torch.Tensor, k: int) -> list[torch.Tensor | None]:
         if not bool((variance[k] > 0).any()):
             return [None for _ in self.op.channels]
         return [variance[k, ch.columns].clamp_min(0).sqrt() for ch in self.op.channels]
 
+    def _woodburys(self, grams, variance: torch.Tensor, noise: torch.Tensor, k: int) -> list[Woodbury]:
+        return [Woodbury(S, F, noise, P) for (S, P), F in zip(grams, self._factors(variance, k))]
+
     # ----------------------------------------------------------------------------------------------- E-step
     @torch.no_grad()
     def e_step(self, model: HeteroModel) -> EStep:
         K, n, T = model.n_classes, self.data.n, self.rotations.shape[0]
         logp = torch.full((K, n, T), -math.inf, dtype=self.op.dtype, device=self.op.device)
-        for sl, idx, terms in self._blocks(self.data.candidates, "E-step"):
+        for sl, grams, pairs in self._blocks(self.data.candidates, "E-step"):
             for k in range(K):
-                total = 0
-                for c, ((S, z, P), ch, F) in enumerate(zip(terms, self.op.channels, self._factors(model.variance, k))):
-                    wood = Woodbury(S, F, model.noise, P)
-                    total = total + log_likelihood(z, self.data.yy[c][idx], S, model.mean[k, ch.columns], wood, P)
-                block = logp[k, idx, sl]
-                if self.data.candidates is not None:
-                    total = torch.where(self.data.candidates[idx, sl].T, total, torch.full_like(total, -math.inf))
-                logp[k, idx, sl] = total.T.to(block)
+                woods = self._woodburys(grams, model.variance, model.noise, k)
+                means = self.op.split(model.mean[k])
+                for j, images, zs in pairs:
+                    logp[k, images, sl.start + j] = sum(
+                        log_likelihood(z, self.data.yy[c][images], grams[c][0][j], means[c], woods[c], j, grams[c][1]) for c, z in enumerate(zs))
         logp += torch.log(model.weights.to(logp))[:, None, None] - math.log(T)
         per_image = torch.logsumexp(logp.permute(1, 0, 2).reshape(n, -1), dim=1)
         w = torch.exp(logp - per_image[None, :, None])
@@ -142,6 +145,17 @@ class HeteroEstimator:
             w = w / w.sum((0, 2))[None, :, None]
         return EStep(w, float(per_image.sum()), per_image)
 
+    def _weighted_sums(self, estep: EStep, k: int, sl: slice, pairs, n_orientations: int):
+        """Per orientation of the chunk: W_j = Σ_i w_ij [J] and per channel Z_j = Σ_i w_ij z_ij [J, N]."""
+        W = torch.zeros(n_orientations, dtype=self.op.dtype, device=self.op.device)
+        Z = [torch.zeros(n_orientations, ch.columns.numel(), dtype=self.op.dtype, device=self.op.device) for ch in self.op.channels]
+        for j, images, zs in pairs:
+            w = estep.weights[k, images, sl.start + j]
+            W[j] += w.sum()
+            for c, z in enumerate(zs):
+                Z[c][j] += w @ z
+        return W, Z
+
     # ----------------------------------------------------------------------------------------------- M-steps
     @torch.no_grad()
     def update_mean(self, model: HeteroModel, estep: EStep, update_noise: bool) -> float:
@@ -149,14 +163,13 @@ class HeteroEstimator:
         K, N = model.n_classes, self.op.basis.size
         A = [[torch.zeros(ch.columns.numel(), ch.columns.numel(), dtype=self.op.dtype, device=self.op.device) for ch in self.op.channels] for _ in range(K)]
         h = [[torch.zeros(ch.columns.numel(), dtype=self.op.dtype, device=self.op.device) for ch in self.op.channels] for _ in range(K)]
-        active = (estep.weights > 0).any(0)
-        for sl, idx, terms in self._blocks(active, "mean"):
+        for sl, grams, pairs in self._blocks((estep.weights > 0).any(0), "mean"):
             for k in range(K):
-                w = estep.weights[k, idx, sl].T  # [J, n_g]
-                if not bool((w > 0).any()):
+                W, Z = self._weighted_sums(estep, k, sl, pairs, sl.stop - sl.start)
+                if not bool((W > 0).any()):
                     continue
-                for c, ((S, z, P), F) in enumerate(zip(terms, self._factors(model.variance, k))):
-                    dA, dh = mean_normal_equations(S, w.sum(1), torch.einsum("ji,jin->jn", w, z), Woodbury(S, F, model.noise, P))
+                for c, wood in enumerate(self._woodburys(grams, model.variance, model.noise, k)):
+                    dA, dh = mean_normal_equations(grams[c][0], W, Z[c], wood)
                     A[k][c] += dA
                     h[k][c] += dh
         new = torch.zeros(K, N, dtype=self.op.dtype, device=self.op.device)
@@ -180,20 +193,23 @@ class HeteroEstimator:
     def _moments(self, model: HeteroModel, estep: EStep) -> dict[tuple[int, int], tuple]:
         """Per (class, channel): S, W, E, R (see `expected_log_likelihood`) over the orientations with weight."""
         acc: dict[tuple[int, int], list] = {}
-        for sl, idx, terms in self._blocks((estep.weights > 0).any(0), "moments"):
+        for sl, grams, pairs in self._blocks((estep.weights > 0).any(0), "moments"):
+            J = sl.stop - sl.start
             for k in range(model.n_classes):
-                w = estep.weights[k, idx, sl].T  # [J, n_g]
-                keep = w.sum(1) > 0
+                W, _ = self._weighted_sums(estep, k, sl, pairs, J)
+                keep = W > 0
                 if not bool(keep.any()):
                     continue
-                w = w[keep]
-                for c, ((S, z, P), ch) in enumerate(zip(terms, self.op.channels)):
-                    S, z, c_bar = S[keep], z[keep], model.mean[k, ch.columns]
+                for c, ((S, P), c_bar) in enumerate(zip(grams, self.op.split(model.mean[k]))):
+                    E = torch.zeros_like(S)
+                    R = torch.zeros(J, dtype=S.dtype, device=S.device)
                     Sc = S @ c_bar
-                    e = z - Sc[:, None, :]
-                    rr = self.data.yy[c][idx][None] - 2 * z @ c_bar + (Sc @ c_bar)[:, None]
-                    E = torch.einsum("ji,jia,jib->jab", w, e, e)
-                    acc.setdefault((k, c), []).append((S, w.sum(1), E, (w * rr).sum(1), P))
+                    for j, images, zs in pairs:
+                        w = estep.weights[k, images, sl.start + j]
+                        e = zs[c] - Sc[j]
+                        E[j] += e.T @ (w[:, None] * e)
+                        R[j] += w @ (self.data.yy[c][images] - 2 * zs[c] @ c_bar + Sc[j] @ c_bar)
+                    acc.setdefault((k, c), []).append((S[keep], W[keep], E[keep], R[keep], P))
         return {key: tuple(torch.cat([p[i] for p in parts]) for i in range(4)) + (parts[0][4],) for key, parts in acc.items()}
 
     def update_variance(self, model: HeteroModel, estep: EStep, max_iterations: int = 30) -> dict:

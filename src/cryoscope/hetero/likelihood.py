@@ -20,11 +20,6 @@ def gram(L: torch.Tensor) -> torch.Tensor:
     return L.transpose(1, 2) @ L
 
 
-def project_data(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """z = L^T y [J, n, N] for L [J, P, N] and measurements y [n, P]."""
-    return torch.einsum("jpn,ip->jin", L, y)
-
-
 def scale_gram(S: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """F^T S F for F = diag(factor) (factor [N]) or a matrix factor [N, N]."""
     if factor.dim() == 1:
@@ -56,12 +51,11 @@ class Woodbury:
         self.K = torch.linalg.cholesky(noise * eye + scale_gram(S, factor))
         self.logdet = (n_measurements - N) * torch.log(noise) + 2 * torch.log(torch.diagonal(self.K, dim1=-2, dim2=-1)).sum(-1)
 
-    def explained(self, e: torch.Tensor) -> torch.Tensor:
-        """|K^{-1} F^T e|² [J, n] for e = L^T r [J, n, N] (zero when V = 0)."""
+    def explained(self, e: torch.Tensor, j: int) -> torch.Tensor:
+        """|K_j^{-1} F^T e|² [m] for e = L^T r [m, N] at orientation j of the batch (zero when V = 0)."""
         if self.K is None:
             return e.new_zeros(e.shape[:-1])
-        b = apply_factor_t(e, self.factor).transpose(1, 2)  # [J, N, n]
-        return torch.linalg.solve_triangular(self.K, b, upper=False).pow(2).sum(1)
+        return torch.linalg.solve_triangular(self.K[j], apply_factor_t(e, self.factor).T, upper=False).pow(2).sum(0)
 
     def smooth(self, x: torch.Tensor) -> torch.Tensor:
         """F M^{-1} F^T x for x [J, m, N] (zero when V = 0)."""
@@ -72,12 +66,13 @@ class Woodbury:
         return apply_factor(sol, self.factor)
 
 
-def log_likelihood(z: torch.Tensor, yy: torch.Tensor, S: torch.Tensor, mean: torch.Tensor, wood: Woodbury, n_measurements: int) -> torch.Tensor:
-    """log N(y; L c̄, L V L^T + λ² I) [J, n] from z = L^T y [J, n, N], |y|² [n], S [J, N, N] and the mean [N]."""
-    Sc = S @ mean  # [J, N]
-    rr = yy[None, :] - 2 * z @ mean + (Sc @ mean)[:, None]
-    quad = (rr - wood.explained(z - Sc[:, None, :])) / wood.noise
-    return -0.5 * (n_measurements * math.log(2 * math.pi) + wood.logdet[:, None] + quad)
+def log_likelihood(z: torch.Tensor, yy: torch.Tensor, S: torch.Tensor, mean: torch.Tensor, wood: Woodbury, j: int, n_measurements: int) -> torch.Tensor:
+    """log N(y; L c̄, L V L^T + λ² I) [m] of m images at orientation j of the batch: z = L^T y [m, N], |y|² [m],
+    S = L^T L [N, N] of that orientation and the mean [N]."""
+    Sc = S @ mean
+    rr = yy - 2 * z @ mean + Sc @ mean
+    quad = (rr - wood.explained(z - Sc, j)) / wood.noise
+    return -0.5 * (n_measurements * math.log(2 * math.pi) + wood.logdet[j] + quad)
 
 
 def mean_normal_equations(S: torch.Tensor, W: torch.Tensor, Z: torch.Tensor, wood: Woodbury) -> tuple[torch.Tensor, torch.Tensor]:
