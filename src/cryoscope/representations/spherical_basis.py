@@ -146,28 +146,31 @@ class SphericalBasis:
         coefficients and the equatorial harmonics Y_l^m(π/2, φ) (cheaper than evaluating at J × P directions)."""
         dtype, device = rotations.dtype, rotations.device
         L = self.l_max
-        coeffs, rows = self._complex_coefficients(dtype, device)
+        coeffs = self._complex_coefficients(dtype, device)
         m = m_values(L, dtype, device)
         Y = equator_harmonics(L, dtype, device)[None] * torch.exp(1j * phi.to(dtype)[:, None, None] * m)  # [P, L+1, 2L+1]
         rotated = self._wigner(dtype, device)(coeffs, rotations)  # [J, S, L+1, 2L+1]
-        values = torch.einsum("jslm,plm->jpsl", rotated, Y).real  # [J, P, S, L+1]
-        return values.reshape(values.shape[0], values.shape[1], -1)[:, :, rows]
+        out = rotations.new_zeros(rotations.shape[0], phi.shape[0], self.n_angular)
+        col = 0
+        for l, B in enumerate(self.blocks):
+            if B.shape[0]:  # only this degree's orders, and only the functions of this degree
+                sl = slice(L - l, L + l + 1)
+                out[:, :, col : col + B.shape[0]] = torch.einsum("jsm,pm->jps", rotated[:, : B.shape[0], l, sl], Y[:, l, sl]).real
+                col += B.shape[0]
+        return out
 
-    def _complex_coefficients(self, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Complex harmonic coefficients of every Ψ, padded [S, L+1, 2L+1] (S = max N_l, Ψ_{l,n} at [n, l]), and the
-        flat (s, l) index of each Ψ in angular order."""
+    def _complex_coefficients(self, dtype, device) -> torch.Tensor:
+        """Complex harmonic coefficients of every Ψ, padded [S, L+1, 2L+1] (S = max N_l, Ψ_{l,n} at [n, l])."""
         key = (dtype, str(device))
         if key not in self._cache:
             L, S = self.l_max, max(B.shape[0] for B in self.blocks)
             cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
             coeffs = torch.zeros(S, L + 1, 2 * L + 1, dtype=cdtype, device=device)
-            rows = []
             for l, B in enumerate(self.blocks):
                 if B.shape[0]:
                     a = torch.as_tensor(_real_transform(l)).T @ B.T.to(torch.complex128)  # Ψ = Σ (U^T b)_m Y_l^m
                     coeffs[: B.shape[0], l, L - l : L + l + 1] = a.T.to(cdtype)
-                    rows += [n * (L + 1) + l for n in range(B.shape[0])]
-            self._cache[key] = (coeffs, torch.tensor(rows, device=device))
+            self._cache[key] = coeffs
         return self._cache[key]
 
     def _wigner(self, dtype, device) -> WignerRotation:
