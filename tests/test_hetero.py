@@ -141,10 +141,10 @@ def test_woodbury_likelihood_equals_direct_gaussian():
         assert torch.allclose(ll, direct, rtol=1e-10, atol=1e-8)
 
 
-def _tiny_problem(n: int, variance: float, noise_ratio: float, seed: int = 0):
+def _tiny_problem(n: int, variance: float, noise_ratio: float, seed: int = 0, joint: bool = False):
     g = torch.Generator().manual_seed(seed)
     b = SphericalBasis(10.0, 12, 4, "O", k_max=0.3)
-    op = ProjectionOperator(b, 24, 0.35)
+    op = ProjectionOperator(b, 24, 0.35, joint=joint)
     mean = torch.randn(b.size, generator=g, dtype=F64) / (1 + b.zeros / 5)
     var = variance * mean.pow(2).mean() * torch.ones(b.size, dtype=F64)
     clean, _, _ = simulate_measurements(op, mean[None], var[None] * 0, 0.0, torch.zeros(64, dtype=torch.long), g)
@@ -159,16 +159,21 @@ def test_known_pose_mean_is_exact_without_noise():
     assert (model.mean[0] - mean).norm() / mean.norm() < 1e-8
 
 
-def test_gem_increases_the_likelihood_monotonically_and_estimates_noise():
-    b, op, mean, var, noise, y, R = _tiny_problem(150, 0.2, 1.0)
+@pytest.mark.parametrize("full", [False, True])
+def test_gem_increases_the_likelihood_monotonically_and_estimates_noise(full):
+    """Diagonal V (two parity channels) and full V (one joint channel, V = F F^T)."""
+    b, op, mean, var, noise, y, R = _tiny_problem(150, 0.2, 1.0, joint=full)
     data = HeteroData(y, torch.zeros(150, dtype=torch.long))
     est = HeteroEstimator(op, data, orientation_quadrature("O", 2), chunk=64, prune=0.0)
-    model, history = est.run(known_pose_model(op, data, R), max_mean_iterations=3, max_rounds=2, variance_iterations=15)
+    model, history = est.run(known_pose_model(op, data, R, full_covariance=full), max_mean_iterations=3, max_rounds=2, variance_iterations=15)
     ll = [h["log_likelihood"] for h in history]
     assert any(h["step"] == "variance" for h in history)
     assert all(b_ >= a - 1e-7 * abs(a) for a, b_ in zip(ll, ll[1:])), ll
     assert abs(float(model.noise) / noise - 1) < 0.1
-    assert bool((model.variance > 0).all())
+    v = model.variance[0].diagonal() if full else model.variance[0]
+    assert bool((v > 0).all())
+    if full:
+        assert torch.allclose(model.variance[0], model.variance[0].T) and float(torch.linalg.eigvalsh(model.variance[0]).min()) > -1e-12
 
 
 def test_hand_flip_and_radial_variance_match_the_rendered_maps():

@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         local_deg: float = typer.Option(0.0, help="Restrict each image to orientations within this many degrees of its prior pose (0: all)."),
         prune: float = typer.Option(1e-3, help="Drop posterior weights below this fraction of each image's peak."),
         no_variance: bool = typer.Option(False, help="Estimate the means and noise only (V = 0)."),
+        full_covariance: bool = typer.Option(False, help="Full covariance V (N_c² numbers; memory ∝ orientations × N_c²) instead of diagonal."),
         tol: float = typer.Option(1e-3, help="Relative change of the means at which they count as converged."),
         max_mean_iterations: int = typer.Option(20, help="Mean iterations per round."),
         max_rounds: int = typer.Option(10, help="Rounds of (means to convergence, then V)."),
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         progress: bool = typer.Option(True, help="Show progress bars."),
     ) -> None:
-        """Generalised EM from V = 0 at the particles' poses: means, diagonal variances, noise, class weights."""
+        """Generalised EM from V = 0 at the particles' poses: means, covariances (diagonal or full), noise, class weights."""
         p = {k: v for k, v in locals().items() if k not in ("out", "resume", "progress", "device")}
         p["particles"] = str(particles)
         from cryoscope.device import resolve_device

@@ -25,7 +25,8 @@ from cryoscope.hetero.operator import ProjectionOperator
 
 @dataclass
 class HeteroModel:
-    """K classes: means [K, N_c], diagonal variances [K, N_c], noise variance λ² (pixel units²) and class weights [K]."""
+    """K classes: means [K, N_c], covariances [K, N_c] (diagonal) or [K, N_c, N_c] (full, with a joint-channel
+    operator), noise variance λ² (pixel units²) and class weights [K]."""
 
     mean: torch.Tensor
     variance: torch.Tensor
@@ -117,8 +118,11 @@ class HeteroEstimator:
                 yield sl, grams, pairs
 
     def _factors(self, variance: torch.Tensor, k: int) -> list[torch.Tensor | None]:
-        if not bool((variance[k] > 0).any()):
+        """Per channel F with V = F F^T: sqrt(v) (diagonal) or the Cholesky factor (full V, joint channel)."""
+        if not bool((variance[k] != 0).any()):
             return [None for _ in self.op.channels]
+        if variance.dim() == 3:
+            return [_cholesky(variance[k][ch.columns][:, ch.columns]) for ch in self.op.channels]
         return [variance[k, ch.columns].clamp_min(0).sqrt() for ch in self.op.channels]
 
     def _woodburys(self, grams, variance: torch.Tensor, noise: torch.Tensor, k: int) -> list[Woodbury]:
@@ -213,23 +217,23 @@ class HeteroEstimator:
         return {key: tuple(torch.cat([p[i] for p in parts]) for i in range(4)) + (parts[0][4],) for key, parts in acc.items()}
 
     def update_variance(self, model: HeteroModel, estep: EStep, max_iterations: int = 30) -> dict:
-        """L-BFGS-B on log V (all classes) and log λ² with the weights fixed; keeps the old values unless Q improves."""
-        K, N = model.n_classes, self.op.basis.size
+        """L-BFGS-B on the covariances of all classes and log λ² with the weights fixed; keeps the old values unless
+        Q improves. Diagonal V: log v. Full V (joint channel): V = F F^T, F lower triangular with a log diagonal."""
+        K = model.n_classes
         scale = float(model.mean.pow(2).mean().clamp_min(1e-300))
         floor, ceiling = 1e-10 * scale, 10 * scale
-        # from V = 0 start at a tenth of the mean's power: on the log scale the gradient vanishes as v -> 0
-        v0 = torch.where(model.variance > floor, model.variance, torch.full_like(model.variance, 0.1 * scale)).clamp(floor, ceiling)
-        x0 = np.concatenate([torch.log(v0).reshape(-1).cpu().numpy(), [math.log(float(model.noise))]])
-        bounds = [(math.log(floor), math.log(ceiling))] * (K * N) + [(math.log(float(model.noise)) - 9.2, math.log(float(model.noise)) + 9.2)]
+        param = _FullCovariance(self.op, model.variance, scale) if model.variance.dim() == 3 else _DiagonalCovariance(self.op, model.variance, scale)
+        log_noise = math.log(float(model.noise))
+        x0 = np.concatenate([param.x0, [log_noise]])
+        bounds = param.bounds(floor, ceiling) + [(log_noise - 9.2, log_noise + 9.2)]
         moments = self._moments(model, estep)
         calls = {"n": 0}
 
         def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
             calls["n"] += 1
             theta = torch.tensor(x, dtype=self.op.dtype, device=self.op.device, requires_grad=True)
-            v, noise = torch.exp(theta[:-1]).reshape(K, N), torch.exp(theta[-1])
-            q = sum(expected_log_likelihood(S, W, E, R, v[k, self.op.channels[c].columns].sqrt(), noise, P)
-                    for (k, c), (S, W, E, R, P) in moments.items())
+            factors, noise = param.factors(theta[:-1]), torch.exp(theta[-1])
+            q = sum(expected_log_likelihood(S, W, E, R, factors[k][c], noise, P) for (k, c), (S, W, E, R, P) in moments.items())
             (-q / self.data.n).backward()
             return -float(q.detach()) / self.data.n, theta.grad.cpu().numpy()
 
@@ -237,7 +241,7 @@ class HeteroEstimator:
         res = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": max_iterations, "ftol": 1e-13, "gtol": 1e-9})
         improved = bool(res.fun < f0)
         if improved:
-            model.variance = torch.exp(torch.tensor(res.x[:-1], dtype=self.op.dtype, device=self.op.device)).reshape(K, N)
+            model.variance = param.variance(torch.tensor(res.x[:-1], dtype=self.op.dtype, device=self.op.device))
             model.noise = torch.tensor(math.exp(res.x[-1]), dtype=self.op.dtype, device=self.op.device)
         return {"q_before": -f0, "q_after": -float(res.fun), "evaluations": calls["n"], "improved": improved, "message": str(res.message)}
 
@@ -258,7 +262,7 @@ class HeteroEstimator:
         for rnd in range(max_rounds):
             for it in range(max_mean_iterations):
                 estep = self.e_step(model)
-                no_variance = not bool((model.variance > 0).any())
+                no_variance = not bool((model.variance != 0).any())
                 change = self.update_mean(model, estep, update_noise=no_variance)
                 record = {"round": rnd, "step": "mean", "iteration": it, "log_likelihood": estep.log_likelihood,
                           "mean_change": change, "noise": float(model.noise), "class_weights": model.weights.tolist()}
@@ -281,12 +285,76 @@ class HeteroEstimator:
         return model, history
 
 
+def _cholesky(V: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(V.shape[-1], dtype=V.dtype, device=V.device)
+    return torch.linalg.cholesky(V + 1e-12 * V.diagonal().abs().mean().clamp_min(1e-300) * eye)
+
+
+class _DiagonalCovariance:
+    """log v of every class and coefficient; from V = 0, v starts at a tenth of the mean's power (on the log scale
+    the gradient vanishes as v -> 0, so a tiny start stalls)."""
+
+    def __init__(self, op: ProjectionOperator, variance: torch.Tensor, scale: float):
+        self.op, self.shape = op, variance.shape
+        v0 = torch.where(variance > 1e-10 * scale, variance, torch.full_like(variance, 0.1 * scale)).clamp(1e-10 * scale, 10 * scale)
+        self.x0 = torch.log(v0).reshape(-1).cpu().numpy()
+
+    def bounds(self, floor: float, ceiling: float) -> list:
+        return [(math.log(floor), math.log(ceiling))] * len(self.x0)
+
+    def variance(self, theta: torch.Tensor) -> torch.Tensor:
+        return torch.exp(theta).reshape(self.shape)
+
+    def factors(self, theta: torch.Tensor) -> list[list[torch.Tensor]]:
+        v = self.variance(theta)
+        return [[v[k, ch.columns].sqrt() for ch in self.op.channels] for k in range(self.shape[0])]
+
+
+class _FullCovariance:
+    """V_k = F_k F_k^T in the joint channel's column order, F_k lower triangular with a log diagonal."""
+
+    def __init__(self, op: ProjectionOperator, variance: torch.Tensor, scale: float):
+        self.op, self.K, self.N = op, variance.shape[0], variance.shape[-1]
+        self.columns = op.channels[0].columns
+        self.tril = torch.tril_indices(self.N, self.N, device=variance.device)
+        self.on_diagonal = self.tril[0] == self.tril[1]
+        x = []
+        for k in range(self.K):
+            Vk = variance[k][self.columns][:, self.columns]
+            F = _cholesky(Vk) if bool((Vk != 0).any()) else math.sqrt(0.1 * scale) * torch.eye(self.N, dtype=variance.dtype, device=variance.device)
+            vals = F[self.tril[0], self.tril[1]].clone()
+            vals[self.on_diagonal] = torch.log(vals[self.on_diagonal].clamp_min(1e-300))
+            x.append(vals)
+        self.x0 = torch.cat(x).cpu().numpy()
+
+    def bounds(self, floor: float, ceiling: float) -> list:
+        one = [(0.5 * math.log(floor), 0.5 * math.log(ceiling)) if d else (None, None) for d in self.on_diagonal.tolist()]
+        return one * self.K
+
+    def _lower(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for vals in theta.reshape(self.K, -1):
+            vals = torch.where(self.on_diagonal, torch.exp(vals), vals)
+            F = vals.new_zeros(self.N, self.N)
+            out.append(F.index_put((self.tril[0], self.tril[1]), vals))
+        return out
+
+    def variance(self, theta: torch.Tensor) -> torch.Tensor:
+        V = theta.new_zeros(self.K, self.N, self.N)
+        for k, F in enumerate(self._lower(theta)):
+            V[k][self.columns[:, None], self.columns[None, :]] = F @ F.T
+        return V
+
+    def factors(self, theta: torch.Tensor) -> list[list[torch.Tensor]]:
+        return [[F] for F in self._lower(theta)]
+
+
 @torch.no_grad()
 def known_pose_model(op: ProjectionOperator, data: HeteroData, rotations: torch.Tensor, n_classes: int = 1,
-                     batch: int = 64, generator: torch.Generator | None = None) -> HeteroModel:
+                     batch: int = 64, generator: torch.Generator | None = None, full_covariance: bool = False) -> HeteroModel:
     """The homogeneous start (V = 0): least-squares mean and noise from each image's given rotation [n, 3, 3].
 
-    With several classes every class starts from that mean plus a small random perturbation (1 % of its norm,
+    `full_covariance` starts a full V (the operator must be `joint`). With several classes every class starts from that mean plus a small random perturbation (1 % of its norm,
     drawn from `generator`) so that the E-step can break the symmetry between them.
     """
     A = [torch.zeros(ch.columns.numel(), ch.columns.numel(), dtype=op.dtype, device=op.device) for ch in op.channels]
@@ -310,5 +378,6 @@ def known_pose_model(op: ProjectionOperator, data: HeteroData, rotations: torch.
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         jitter = torch.randn(n_classes, mean.shape[0], generator=g, dtype=mean.dtype).to(mean.device)
         means += 0.01 * float(mean.norm()) * jitter / jitter.norm(dim=1, keepdim=True)
-    return HeteroModel(means, torch.zeros_like(means), torch.tensor(noise, dtype=op.dtype, device=op.device),
+    variance = means.new_zeros((n_classes, means.shape[1], means.shape[1]) if full_covariance else means.shape)
+    return HeteroModel(means, variance, torch.tensor(noise, dtype=op.dtype, device=op.device),
                        torch.full((n_classes,), 1.0 / n_classes, dtype=op.dtype, device=op.device))

@@ -34,14 +34,17 @@ class Channel:
     name: str
     pixels: torch.Tensor  # [P] indices into the half-plane pixel list
     columns: torch.Tensor  # [N] coefficient indices
-    radial: torch.Tensor  # [P, N] measurement weight × (-i)^l part × H_{l,p}(|κ|) / box
-    angular_index: torch.Tensor  # [N] which Ψ each column uses
+    radial: torch.Tensor | None  # [P, N] measurement weight × (-i)^l part × H_{l,p}(|κ|) / box (parity channels)
+    angular_index: torch.Tensor | None  # [N] which Ψ each column uses (parity channels)
 
 
 class ProjectionOperator:
-    """L(θ) for a `SphericalBasis` on box × box images, band-limited to `k_max` cycles/pixel."""
+    """L(θ) for a `SphericalBasis` on box × box images, band-limited to `k_max` cycles/pixel.
 
-    def __init__(self, basis: SphericalBasis, box: int, k_max: float, dtype: torch.dtype = torch.float64, device="cpu"):
+    `joint`: one channel holding both parity blocks (block-diagonal L), which a full covariance V needs because it
+    couples even and odd degrees."""
+
+    def __init__(self, basis: SphericalBasis, box: int, k_max: float, dtype: torch.dtype = torch.float64, device="cpu", joint: bool = False):
         if not 0 < k_max <= 0.5:
             raise InvalidValueError(f"band limit must be in (0, 0.5] cycles/pixel, got {k_max}")
         self.basis, self.box, self.k_max, self.dtype, self.device = basis, int(box), float(k_max), dtype, torch.device(device)
@@ -63,10 +66,15 @@ class ProjectionOperator:
         ang = basis.angular_index.to(self.device)
         re_sign = phase.real.to(dtype=dtype, device=self.device)
         im_sign = phase.imag.to(dtype=dtype, device=self.device)
-        self.channels = (
+        self.parity = (
             Channel("even", everything, even, w[:, None] * H[:, even] * re_sign[even], ang[even]),
             Channel("odd", im_pixels, odd, math.sqrt(2) * H[im_pixels][:, odd] * im_sign[odd], ang[odd]),
         )
+        self.joint = joint
+        self.channels = self.parity
+        if joint:
+            e, o = self.parity
+            self.channels = (Channel("joint", torch.cat([e.pixels, o.pixels]), torch.cat([e.columns, o.columns]), None, None),)
 
     @property
     def n_measurements(self) -> int:
@@ -86,18 +94,24 @@ class ProjectionOperator:
             F = translate(F, origins_px.to(dtype=self.dtype, device=self.device))
         v = F.reshape(F.shape[0], -1)[:, self.flat_index] / self.box
         out = []
-        for ch in self.channels:
+        for ch in self.parity:
             part = v.real if ch.name == "even" else v.imag
             scale = torch.full((ch.pixels.numel(),), math.sqrt(2), dtype=self.dtype, device=self.device)
             if ch.name == "even":
                 scale[self.zero] = 1.0
             out.append(part[:, ch.pixels] * scale)
-        return tuple(out)
+        return (torch.cat(out, 1),) if self.joint else tuple(out)
 
     def matrices(self, rotations: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-channel L(θ) [J, P_ch, N_ch] (no CTF) for RELION matrices [J, 3, 3]."""
         ang = self.basis.equatorial(rotations.to(dtype=self.dtype, device=self.device), self.azimuths)  # Ψ(A^T u) [J, P, n_ang]
-        return tuple(ang[:, ch.pixels][:, :, ch.angular_index] * ch.radial for ch in self.channels)
+        blocks = [ang[:, ch.pixels][:, :, ch.angular_index] * ch.radial for ch in self.parity]
+        if not self.joint:
+            return tuple(blocks)
+        (P0, N0), (P1, N1) = (b.shape[1:] for b in blocks)
+        L = blocks[0].new_zeros(blocks[0].shape[0], P0 + P1, N0 + N1)
+        L[:, :P0, :N0], L[:, P0:, N0:] = blocks
+        return (L,)
 
     def split(self, coeffs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Coefficient vectors [..., N_c] -> per-channel parts."""

@@ -11,9 +11,14 @@ from cryoscope.physics.projection import expand_half_slices, slice_layout
 
 
 def draw_coefficients(mean: torch.Tensor, variance: torch.Tensor, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """c_i = c̄_{k_i} + sqrt(v_{k_i}) ε_i [n, N_c] for class labels [n] and diagonal variances [K, N_c]."""
+    """c_i = c̄_{k_i} + F_{k_i} ε_i [n, N_c] for class labels [n]; variances [K, N_c] (diagonal, F = sqrt v) or
+    [K, N_c, N_c] (full, F = U Λ^1/2 from its eigendecomposition, so singular V are fine)."""
     eps = torch.randn(classes.shape[0], mean.shape[1], generator=generator, dtype=mean.dtype)
-    return mean[classes] + variance[classes].clamp_min(0).sqrt() * eps
+    if variance.dim() == 2:
+        return mean[classes] + variance[classes].clamp_min(0).sqrt() * eps
+    lam, U = torch.linalg.eigh(variance)
+    F = U * lam.clamp_min(0).sqrt()[:, None, :]
+    return mean[classes] + torch.einsum("iab,ib->ia", F[classes], eps)
 
 
 def simulate_measurements(
@@ -48,12 +53,12 @@ def simulate_measurements(
 
 def measurements_to_images(op: ProjectionOperator, y: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Real band-limited images [n, N, N] whose `op.measurements` are y (inverse of the measurement map)."""
-    even, odd = y
+    even, odd = torch.split(y[0], [op.parity[0].pixels.numel(), op.parity[1].pixels.numel()], 1) if op.joint else y
     n, P = even.shape[0], op.freqs.shape[0]
     re = even / (2**0.5)
     re[:, op.zero] = even[:, op.zero]
     im = torch.zeros(n, P, dtype=even.dtype, device=even.device)
-    im[:, op.channels[1].pixels] = odd / (2**0.5)
+    im[:, op.parity[1].pixels] = odd / (2**0.5)
     half = torch.complex(re, im) * op.box
     layout = slice_layout(op.box, op.k_max, half.device)
     return ifft2c(expand_half_slices(half, layout)).real

@@ -71,7 +71,7 @@ def ctf_groups(params: CTFParams, n_groups: int) -> tuple[torch.Tensor, torch.Te
 def _load_data(p: dict, op: ProjectionOperator, meta: ParticleMetadata, source, progress: bool) -> tuple[HeteroData, torch.Tensor]:
     """Measurements of every particle (origins undone), CTF groups and their CTFs, prior poses [n, 3, 3]."""
     px = float(meta.require_pixel_size()[0])
-    parts: list[list[torch.Tensor]] = [[], []]
+    parts: list[list[torch.Tensor]] = [[] for _ in op.channels]
     for lo in tqdm(range(0, meta.n, 256), desc="Fourier transforms", disable=not progress, unit="batch"):
         idx = np.arange(lo, min(meta.n, lo + 256))
         images = source.stack[idx]
@@ -123,7 +123,7 @@ def run_hetero(p: dict, out: Path, resume: bool, progress: bool, device: torch.d
         raise InvalidValueError("particles have no poses (rlnAngleRot/Tilt/Psi): the GEM starts from a homogeneous reconstruction's poses", p["particles"])
     px, box = float(meta.require_pixel_size()[0]), meta.require_box()
     basis = basis_from_params(p, px, box)
-    op = ProjectionOperator(basis, box, measurement_band(basis), dtype, device)
+    op = ProjectionOperator(basis, box, measurement_band(basis), dtype, device, joint=p["full_covariance"])
     data, prior = _load_data(p, op, meta, source, progress)
     grid = orientation_quadrature(basis.symmetry, p["grid_order"], dtype)
     if p["local_deg"] > 0:
@@ -144,7 +144,8 @@ def run_hetero(p: dict, out: Path, resume: bool, progress: bool, device: torch.d
         model = HeteroModel(*(state[k].to(device, dtype) for k in ("mean", "variance", "noise", "weights")))
         history = list(state["history"])
     else:
-        model = known_pose_model(op, data, prior.to(device), p["classes"], generator=torch.Generator().manual_seed(p["seed"]))
+        model = known_pose_model(op, data, prior.to(device), p["classes"], generator=torch.Generator().manual_seed(p["seed"]),
+                                 full_covariance=p["full_covariance"])
 
     def checkpoint(record: dict) -> None:
         history.append(record)
