@@ -53,7 +53,7 @@ class ProjectionOperator:
         self.freqs = layout.freqs[:, :2].to(dtype=dtype, device=self.device)  # (kx, ky) cycles per box
         kn = self.freqs.norm(dim=-1)
         self.zero = int(torch.nonzero(kn == 0).squeeze())
-        self.azimuths = torch.atan2(self.freqs[:, 1], self.freqs[:, 0])
+        self.equator = basis.equator_table(torch.atan2(self.freqs[:, 1], self.freqs[:, 0]))  # Y_l^m at the pixels' azimuths
         H = basis.hankel(kn / self.box).to(dtype=dtype, device=self.device) / self.box  # [P, N_c]
         l = basis.l.to(self.device)
         phase = (-1j) ** l.cpu().to(torch.complex128)
@@ -104,7 +104,7 @@ class ProjectionOperator:
 
     def matrices(self, rotations: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-channel L(θ) [J, P_ch, N_ch] (no CTF) for RELION matrices [J, 3, 3]."""
-        ang = self.basis.equatorial(rotations.to(dtype=self.dtype, device=self.device), self.azimuths)  # Ψ(A^T u) [J, P, n_ang]
+        ang = self.basis.equatorial(rotations.to(dtype=self.dtype, device=self.device), self.equator)  # Ψ(A^T u) [J, P, n_ang]
         blocks = [ang[:, ch.pixels][:, :, ch.angular_index] * ch.radial for ch in self.parity]
         if not self.joint:
             return tuple(blocks)

@@ -140,22 +140,26 @@ class SphericalBasis:
                     col += B.shape[0]
         return out.reshape(tuple(u.shape[:-1]) + (self.n_angular,))
 
-    def equatorial(self, rotations: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        """Ψ_{l,n}(A^T u) [J, P, n_angular] for rotations A [J, 3, 3] and equatorial directions u = (cos φ, sin φ, 0),
-        azimuths φ [P] (radians): the angular part of the central slices, by Wigner rotation of each Ψ's complex
-        coefficients and the equatorial harmonics Y_l^m(π/2, φ) (cheaper than evaluating at J × P directions)."""
+    def equator_table(self, phi: torch.Tensor) -> torch.Tensor:
+        """Y_l^m(π/2, φ) [P, L+1, 2L+1] (complex) at azimuths φ [P] (radians), for `equatorial`."""
+        L = self.l_max
+        m = m_values(L, phi.dtype, phi.device)
+        return equator_harmonics(L, phi.dtype, phi.device)[None] * torch.exp(1j * phi[:, None, None] * m)
+
+    def equatorial(self, rotations: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Ψ_{l,n}(A^T u) [J, P, n_angular] for rotations A [J, 3, 3] and the equatorial directions u = (cos φ, sin φ, 0)
+        of `table = equator_table(φ)`: the angular part of the central slices, by Wigner rotation of each Ψ's complex
+        coefficients and the equatorial harmonics (cheaper than evaluating at J × P directions)."""
         dtype, device = rotations.dtype, rotations.device
         L = self.l_max
         coeffs = self._complex_coefficients(dtype, device)
-        m = m_values(L, dtype, device)
-        Y = equator_harmonics(L, dtype, device)[None] * torch.exp(1j * phi.to(dtype)[:, None, None] * m)  # [P, L+1, 2L+1]
         rotated = self._wigner(dtype, device)(coeffs, rotations)  # [J, S, L+1, 2L+1]
-        out = rotations.new_zeros(rotations.shape[0], phi.shape[0], self.n_angular)
+        out = rotations.new_zeros(rotations.shape[0], table.shape[0], self.n_angular)
         col = 0
         for l, B in enumerate(self.blocks):
             if B.shape[0]:  # only this degree's orders, and only the functions of this degree
                 sl = slice(L - l, L + l + 1)
-                out[:, :, col : col + B.shape[0]] = torch.einsum("jsm,pm->jps", rotated[:, : B.shape[0], l, sl], Y[:, l, sl]).real
+                out[:, :, col : col + B.shape[0]] = torch.einsum("jsm,pm->jps", rotated[:, : B.shape[0], l, sl], table[:, l, sl]).real
                 col += B.shape[0]
         return out
 
