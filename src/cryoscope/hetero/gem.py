@@ -180,9 +180,7 @@ class HeteroEstimator:
         explained = 0.0
         for k in range(K):
             for c, ch in enumerate(self.op.channels):
-                Akc = A[k][c]
-                ridge = 1e-10 * Akc.diagonal().mean().clamp_min(1e-300) * torch.eye(Akc.shape[0], dtype=Akc.dtype, device=Akc.device)
-                sol = torch.linalg.solve(Akc + ridge, h[k][c])
+                sol = _solve_normal_equations(A[k][c], h[k][c])
                 new[k, ch.columns] = sol
                 explained += float(h[k][c] @ sol)
         change = float((new - model.mean).norm() / model.mean.norm().clamp_min(1e-300))
@@ -285,6 +283,12 @@ class HeteroEstimator:
         return model, history
 
 
+def _solve_normal_equations(A: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """A c = h with a 1e-10 relative ridge, for coefficients the data barely constrain."""
+    ridge = 1e-10 * A.diagonal().mean().clamp_min(1e-300) * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    return torch.linalg.solve(A + ridge, h)
+
+
 def _cholesky(V: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(V.shape[-1], dtype=V.dtype, device=V.device)
     return torch.linalg.cholesky(V + 1e-12 * V.diagonal().abs().mean().clamp_min(1e-300) * eye)
@@ -369,8 +373,7 @@ def known_pose_model(op: ProjectionOperator, data: HeteroData, rotations: torch.
     mean = torch.zeros(op.basis.size, dtype=op.dtype, device=op.device)
     explained = 0.0
     for c, ch in enumerate(op.channels):
-        ridge = 1e-10 * A[c].diagonal().mean().clamp_min(1e-300) * torch.eye(A[c].shape[0], dtype=op.dtype, device=op.device)
-        mean[ch.columns] = torch.linalg.solve(A[c] + ridge, h[c])
+        mean[ch.columns] = _solve_normal_equations(A[c], h[c])
         explained += float(h[c] @ mean[ch.columns])
     noise = max(sum(float(v.sum()) for v in data.yy) - explained, 1e-300) / (data.n * op.n_measurements)
     means = mean.expand(n_classes, -1).clone()
