@@ -200,6 +200,10 @@ def test_cli_simulate_run_analyze(tmp_path, capsys):
                  "--max-mean-iterations", "2", "--variance-iterations", "5", "--no-progress"]) == 0
     for name in ("hetero_model.pt", "mean_class1.mrc", "sd_class1.mrc", "particles.star", "history.csv", "report.html", "metrics.json"):
         assert (run / name).exists(), name
+    steps = len((run / "history.csv").read_text().splitlines())
+    assert main(["hetero", "run", str(sim / "particles.star"), "-o", str(run), *basis, "--grid-order", "2", "--max-rounds", "2",
+                 "--max-mean-iterations", "2", "--variance-iterations", "5", "--no-progress", "--resume"]) == 0  # from checkpoint.pt
+    assert len((run / "history.csv").read_text().splitlines()) > steps
     assert main(["hetero", "analyze", str(run / "hetero_model.pt"), "--other", str(sim / "truth.pt"), "-o", str(an)]) == 0
     fsc = np.loadtxt(an / "fsc.csv", delimiter=",", skiprows=1)[:, 1]
     assert fsc.min() > 0.8  # estimate vs truth at SNR 4
