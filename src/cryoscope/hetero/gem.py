@@ -11,6 +11,7 @@ was, and stop when the mean has converged twice in succession. Every step can on
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -259,11 +260,12 @@ class HeteroEstimator:
         quick = 0
         for rnd in range(max_rounds):
             for it in range(max_mean_iterations):
+                started = time.perf_counter()
                 estep = self.e_step(model)
                 no_variance = not bool((model.variance != 0).any())
                 change = self.update_mean(model, estep, update_noise=no_variance)
-                record = {"round": rnd, "step": "mean", "iteration": it, "log_likelihood": estep.log_likelihood,
-                          "mean_change": change, "noise": float(model.noise), "class_weights": model.weights.tolist()}
+                record = {"round": rnd, "step": "mean", "iteration": it, "log_likelihood": estep.log_likelihood, "mean_change": change,
+                          "noise": float(model.noise), "class_weights": model.weights.tolist(), "seconds": time.perf_counter() - started}
                 history.append(record)
                 if on_iteration is not None:
                     on_iteration(record)
@@ -272,9 +274,11 @@ class HeteroEstimator:
             quick = quick + 1 if it == 0 else 0
             if quick >= 2 or not estimate_variance or rnd == max_rounds - 1:
                 break
+            started = time.perf_counter()
             estep = self.e_step(model)
             info = self.update_variance(model, estep, variance_iterations)
-            record = {"round": rnd, "step": "variance", "log_likelihood": estep.log_likelihood, "noise": float(model.noise), **info}
+            record = {"round": rnd, "step": "variance", "log_likelihood": estep.log_likelihood, "noise": float(model.noise), **info,
+                      "seconds": time.perf_counter() - started}
             history.append(record)
             if on_iteration is not None:
                 on_iteration(record)
