@@ -192,6 +192,24 @@ def test_hand_flip_and_radial_variance_match_the_rendered_maps():
         assert torch.allclose(radial_variance(b, V, torch.tensor([r], dtype=F64))[0], average, rtol=1e-10)
 
 
+def test_conversion_to_the_mechanical_models_bases_matches_quadrature():
+    """B c̄ equals Σ_voxels ρ(x) φ_rect(x) Δx³ for the sine and box bases of the mechanical model (Eqs. 4.184–4.202)."""
+    from cryoscope.hetero.analysis import to_rectangular
+    from cryoscope.hetero.moments_basis import BoxBasis, SineBasis, realify
+
+    px, box = 2.0, 24
+    b = SphericalBasis(8.0, 4, 3, "C1")
+    c = torch.randn(b.size, dtype=F64, generator=torch.Generator().manual_seed(4)) / (1 + b.zeros / 3)
+    vol = b.to_voxels(c, box).reshape(-1, 1)
+    k = torch.arange(box, dtype=F64) - box // 2
+    z, y, x = torch.meshgrid(k, k, k, indexing="ij")
+    pts = torch.stack([x, y, z], -1).reshape(-1, 3) * px
+    for rect in (SineBasis(20.0, 3, (0.5, -1.0, 0.0)), BoxBasis.half_space(20.0, 1)):
+        vals = rect.values(pts)
+        direct = realify((vol.to(vals.dtype) * vals).sum(0) * px**3, rect)
+        assert (to_rectangular(b, rect, px) @ c - direct).norm() / direct.norm() < 5e-3
+
+
 def test_cli_simulate_run_analyze(tmp_path, capsys):
     sim, run, an = tmp_path / "sim", tmp_path / "run", tmp_path / "an"
     basis = ["--radius", "20", "--l-max", "12", "--p-max", "4", "--resolution", "8", "--symmetry", "O"]
@@ -204,7 +222,10 @@ def test_cli_simulate_run_analyze(tmp_path, capsys):
     assert main(["hetero", "run", str(sim / "particles.star"), "-o", str(run), *basis, "--grid-order", "2", "--max-rounds", "2",
                  "--max-mean-iterations", "2", "--variance-iterations", "5", "--no-progress", "--resume"]) == 0  # from checkpoint.pt
     assert len((run / "history.csv").read_text().splitlines()) > steps
-    assert main(["hetero", "analyze", str(run / "hetero_model.pt"), "--other", str(sim / "truth.pt"), "-o", str(an)]) == 0
+    assert main(["hetero", "analyze", str(run / "hetero_model.pt"), "--other", str(sim / "truth.pt"), "-o", str(an),
+                 "--export-moments", "sine:3", "--half-width", "25"]) == 0
+    moments = np.load(an / "moments.npz")
+    assert moments["mean"].shape == (27,) and moments["cov"].shape == (27, 27)
     fsc = np.loadtxt(an / "fsc.csv", delimiter=",", skiprows=1)[:, 1]
     assert fsc.min() > 0.8  # estimate vs truth at SNR 4
     assert main(["hetero", "run", str(sim / "particles.star"), "-o", str(tmp_path / "bad"), *basis[:-2], "--symmetry", "Q5"]) == 2

@@ -98,6 +98,8 @@ def register(app: typer.Typer) -> None:
         flip_hand: bool = typer.Option(False, help="Use the other hand (odd-l coefficients change sign)."),
         region: str = typer.Option(None, help="R1:R2, Å: radial range for gain matching and the fractional difference (default R/2:R)."),
         pdb: Path = typer.Option(None, help="Write this model with each atom's standard deviation as its B-factor."),
+        export_moments: str = typer.Option(None, help="sine:K or box:M: write moments.npz (ĉ, V̂ in that basis of the mechanical model) for `cryoscope mechanics fit`."),
+        half_width: float = typer.Option(None, help="Half-width of the mechanical model's cube, Å (default: the particle radius)."),
         seed: int = SEED,
     ) -> None:
         """Coefficient-space FSC and energy, radial standard deviations, gain matching, per-atom SD."""
@@ -109,7 +111,7 @@ def register(app: typer.Typer) -> None:
         except ValueError:
             raise InvalidValueError(f"--region must be R1:R2 in Å, got {region!r}") from None
         p = {"model": str(model), "other": str(other) if other else None, "class_index": class_index, "flip_hand": flip_hand,
-             "region": bounds, "pdb": str(pdb) if pdb else None, "seed": seed}
+             "region": bounds, "pdb": str(pdb) if pdb else None, "export_moments": export_moments, "half_width": half_width, "seed": seed}
         m = run_analyze(p, out, time.perf_counter())
         typer.echo(f"{out}: " + (f"gain {m['gain']:.4g}, min FSC in band {m['fsc_min_in_band']:.3f}" if "gain" in m else "radial SD written"))
 

@@ -95,3 +95,19 @@ def sd_at_points(basis: SphericalBasis, covariance: torch.Tensor, points: torch.
     phi = basis.functions(points.to(covariance.dtype))
     v = (phi * phi) @ covariance if covariance.dim() == 1 else ((phi @ covariance) * phi).sum(-1)
     return v.clamp_min(0).sqrt()
+
+
+def to_rectangular(basis: SphericalBasis, rect, pixel_size: float) -> torch.Tensor:
+    """B [n_rect, N_c]: the coefficients, in a box or sine basis of the mechanical model (`hetero.moments_basis`,
+    lengths in Å, real representation), of each spherical basis function (Eqs. 4.184–4.202 solved exactly: the
+    spherical functions vanish outside the ball, so the integrals over the cube are Fourier transforms).
+
+    Density values are kept (ρ_Å(x) = ρ(x / pixel size)), so F_Å(k) = pixel_size³ P(k · pixel_size); the particle
+    centre is the origin of the mechanical frame. Then ĉ_rect = B c̄ and V̂_rect = B V Bᵀ.
+    """
+    from cryoscope.hetero.moments_basis import realify
+
+    freqs, weights = rect.fourier_terms()  # k [M, 3] in 1/Å; φ_c(x + centre) = Σ_k w[c, k] e^{-2πi k·x}
+    centre = torch.tensor(rect.centre, dtype=torch.float64)
+    F = basis.fourier(freqs * pixel_size) * pixel_size**3 * torch.exp(2j * math.pi * (freqs @ centre))[:, None]  # of ρ(x + centre)
+    return realify((weights @ F).T, rect).T

@@ -4,6 +4,8 @@
 box; load with torch.load(weights_only=True)), `checkpoint.pt` (`--resume`), `mean_class{k}.mrc`, `sd_class{k}.mrc`,
 `particles.star` (most probable orientation and class, with the class posterior), `history.csv`,
 `radial_sd.csv`, plots, `report.html`, `params.json`, `metrics.json`.
+`analyze` folder OUT: `fsc.csv` (with `--other`), `radial_sd.csv`, `sd_bfactor.pdb` (with `--pdb`), `moments.npz`
+(with `--export-moments`: ĉ and V̂ in a basis of the mechanical model, for `cryoscope mechanics fit`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from tqdm import tqdm
 
 from cryoscope.errors import InvalidValueError
 from cryoscope.geometry.sampling import random_rotations
-from cryoscope.hetero.analysis import capsid_region, flip_hand, fractional_difference, gain, radial_sd, sd_at_points, shell_correlation
+from cryoscope.hetero.analysis import capsid_region, flip_hand, fractional_difference, gain, radial_sd, sd_at_points, shell_correlation, to_rectangular
 from cryoscope.hetero.gem import HeteroData, HeteroEstimator, HeteroModel, known_pose_model
+from cryoscope.hetero.mechanics_io import write_moments
+from cryoscope.hetero.moments_basis import BoxBasis, SineBasis
 from cryoscope.hetero.operator import ProjectionOperator
 from cryoscope.hetero.orientations import local_candidates, orientation_quadrature
 from cryoscope.hetero.simulate import measurements_to_images, simulate_measurements
@@ -257,6 +261,14 @@ def run_simulate(p: dict, out: Path, device: torch.device, started: float) -> di
     return metrics
 
 
+def rectangular_basis(spec: str, half_width: float):
+    """'sine:K' (K³ sine products) or 'box:M' (Fourier series, |n_i| <= M, half space) on the cube of half-width Å."""
+    kind, _, size = spec.partition(":")
+    if kind not in ("sine", "box") or not size.isdigit() or int(size) < 1:
+        raise InvalidValueError(f"moments basis must be sine:K or box:M with a positive integer, got {spec!r}")
+    return SineBasis(half_width, int(size)) if kind == "sine" else BoxBasis.half_space(half_width, int(size))
+
+
 def run_analyze(p: dict, out: Path, started: float) -> dict:
     """`cryoscope hetero analyze`: FSC and energy between two estimates, gain-matched SD, radial profiles, B-factors."""
     out.mkdir(parents=True, exist_ok=True)
@@ -285,6 +297,12 @@ def run_analyze(p: dict, out: Path, started: float) -> dict:
         columns["fractional_difference"] = fractional_difference(columns["sd_other_gain_matched"], columns["sd"], r, r1, r2)
         metrics.update({"gain": g, "fsc_min_in_band": float(fsc.min()), "fsc": fsc.tolist(), "k_inverse_angstrom": (k / px).tolist()})
     write_radial_csv(out / "radial_sd.csv", r * px, columns)
+    if p["export_moments"]:
+        rect = rectangular_basis(p["export_moments"], p["half_width"] or basis.radius * px)
+        B = to_rectangular(basis, rect, px)
+        cov = B @ (torch.diag(var) if var.dim() == 1 else var) @ B.T
+        write_moments(out / "moments.npz", B @ mean, cov, rect)
+        metrics["moments_basis"] = p["export_moments"]
     if p["pdb"]:
         st = read_structure(p["pdb"])
         atoms = [a for mdl in st for ch in mdl for res in ch for a in res]
