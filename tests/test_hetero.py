@@ -210,6 +210,18 @@ def test_conversion_to_the_mechanical_models_bases_matches_quadrature():
         assert (to_rectangular(b, rect, px) @ c - direct).norm() / direct.norm() < 5e-3
 
 
+def test_cli_run_with_ctf_groups(tmp_path):
+    """Particles with per-particle CTFs (defocus 1–2 µm) and the estimator's CTF groups: the mean is still recovered."""
+    sim, run, an = tmp_path / "sim", tmp_path / "run", tmp_path / "an"
+    basis = ["--radius", "20", "--l-max", "12", "--p-max", "4", "--resolution", "10", "--symmetry", "O"]
+    assert main(["hetero", "simulate", "-o", str(sim), "--n", "160", "--box", "24", "--pixel-size", "2", *basis, "--snr", "4",
+                 "--defocus", "10000:20000"]) == 0
+    assert main(["hetero", "run", str(sim / "particles.star"), "-o", str(run), *basis, "--grid-order", "2", "--max-rounds", "1",
+                 "--max-mean-iterations", "2", "--no-variance", "--ctf-groups", "8", "--no-progress"]) == 0
+    assert main(["hetero", "analyze", str(run / "hetero_model.pt"), "--other", str(sim / "truth.pt"), "-o", str(an)]) == 0
+    assert np.loadtxt(an / "fsc.csv", delimiter=",", skiprows=1)[:, 1].min() > 0.8
+
+
 def test_cli_simulate_run_analyze(tmp_path, capsys):
     sim, run, an = tmp_path / "sim", tmp_path / "run", tmp_path / "an"
     basis = ["--radius", "20", "--l-max", "12", "--p-max", "4", "--resolution", "8", "--symmetry", "O"]

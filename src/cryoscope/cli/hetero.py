@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         resolution: float = RESOLUTION,
         symmetry: str = SYMMETRY,
         map: Path = typer.Option(None, help="Mean from this map (MRC, box × box × box); default random coefficients."),
-        snr: float = typer.Option(1.0, help="Signal (of the mean) to noise power inside the band."),
+        snr: float = typer.Option(1.0, help="Signal (of the mean, before any CTF) to noise power inside the band."),
+        defocus: str = typer.Option(None, help="MIN:MAX, Å: a CTF per particle (300 kV, Cs 2.7 mm, 10 % amplitude contrast), defocus uniform in the range."),
         variance: float = typer.Option(0.0, help="Diagonal V as a fraction of the mean's power per coefficient."),
         class_weights: str = typer.Option("1", help="Class weights, comma separated (classes differ by --class-separation)."),
         class_separation: float = typer.Option(0.5, help="Distance between class means relative to the mean's norm."),
@@ -85,7 +86,11 @@ def register(app: typer.Typer) -> None:
             weights = [float(w) for w in class_weights.split(",")]
         except ValueError:
             raise InvalidValueError(f"--class-weights must be numbers separated by commas, got {class_weights!r}") from None
-        p.update(map=str(map) if map else None, class_weights=[w / sum(weights) for w in weights])
+        try:
+            bounds = tuple(float(x) for x in defocus.split(":")) if defocus else None
+        except ValueError:
+            raise InvalidValueError(f"--defocus must be MIN:MAX in Å, got {defocus!r}") from None
+        p.update(map=str(map) if map else None, class_weights=[w / sum(weights) for w in weights], defocus=bounds)
         m = run_simulate(p, out, "cpu", time.perf_counter())
         typer.echo(f"{out}: {m['n_particles']} particles, {m['n_coefficients']} coefficients, λ² = {m['noise_variance']:.4g}")
 

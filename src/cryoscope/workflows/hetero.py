@@ -247,11 +247,20 @@ def run_simulate(p: dict, out: Path, device: torch.device, started: float) -> di
     clean, _, _ = simulate_measurements(op, means, torch.zeros_like(variance), 0.0, classes[:256], torch.Generator().manual_seed(p["seed"]))
     noise = sum(float(y.pow(2).sum()) for y in clean) / (256 * op.n_measurements) / p["snr"]
     rotations = random_rotations(p["n"], generator=g, dtype=torch.float64)
-    y, rotations, _ = simulate_measurements(op, means, variance, noise, classes, g, rotations)
+    ctf_cols: dict = {}
+    ctf = None
+    if p["defocus"]:
+        lo, hi = p["defocus"]
+        defocus = lo + (hi - lo) * torch.rand(p["n"], generator=g, dtype=torch.float64)
+        ctf_cols = {"defocus_u": defocus, "defocus_v": defocus.clone(), "defocus_angle": torch.zeros(p["n"], dtype=torch.float64),
+                    "voltage": torch.full((p["n"],), 300.0), "cs": torch.full((p["n"],), 2.7), "amplitude_contrast": torch.full((p["n"],), 0.1)}
+        kx, ky = op.frequencies_angstrom(px)
+        ctf = ctf_at(CTFParams.create(**ctf_cols).to(dtype=torch.float64), kx, ky)  # exact per particle
+    y, rotations, _ = simulate_measurements(op, means, variance, noise, classes, g, rotations, ctf)
     with StackWriter(out / "particles.mrcs", p["n"], box, px) as writer:
         for s in range(0, p["n"], 256):
             writer.write(s, measurements_to_images(op, tuple(q[s : s + 256] for q in y)).float())
-    meta = ParticleMetadata(n=p["n"], rotations=rotations, pixel_size=torch.full((p["n"],), px), box=box,
+    meta = ParticleMetadata(n=p["n"], rotations=rotations, pixel_size=torch.full((p["n"],), px), box=box, **ctf_cols,
                             class_number=classes + 1, image_names=[("particles.mrcs", i) for i in range(p["n"])], root=out)
     write_star(out / "particles.star", meta)
     truth = HeteroModel(means, variance, torch.tensor(noise, dtype=torch.float64), torch.tensor(p["class_weights"], dtype=torch.float64))
