@@ -11,7 +11,9 @@ import math
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.representations.spherical_basis import SphericalBasis
+from cryoscope.hetero.moments_basis import realify
+from cryoscope.physics.fourier import centered_coords
+from cryoscope.representations.spherical_basis import SphericalBasis, quadratic_form
 
 
 def shell_amplitudes(basis: SphericalBasis, coeffs: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -42,7 +44,7 @@ def capsid_region(maps: list[torch.Tensor], r_min: float, r_max: float, fraction
     """Region C of §2.6.5: voxels within r_min <= r <= r_max (pixels) whose mean exceeds `fraction` of the peak
     in that annulus, in every map; boolean [N, N, N]."""
     box = maps[0].shape[-1]
-    c = torch.arange(box, dtype=torch.float64) - box // 2
+    c = centered_coords(box, dtype=torch.float64)
     z, y, x = torch.meshgrid(c, c, c, indexing="ij")
     r = torch.sqrt(x * x + y * y + z * z).to(maps[0].device)
     region = (r >= r_min) & (r <= r_max)
@@ -92,9 +94,7 @@ def fractional_difference(s1: torch.Tensor, s2: torch.Tensor, r: torch.Tensor, r
 
 def sd_at_points(basis: SphericalBasis, covariance: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Standard deviation s(x) = sqrt(φ(x)^T V φ(x)) at points [n, 3] (pixels from the centre, x y z)."""
-    phi = basis.functions(points.to(covariance.dtype))
-    v = (phi * phi) @ covariance if covariance.dim() == 1 else ((phi @ covariance) * phi).sum(-1)
-    return v.clamp_min(0).sqrt()
+    return quadratic_form(basis.functions(points.to(covariance.dtype)), covariance).clamp_min(0).sqrt()
 
 
 def to_rectangular(basis: SphericalBasis, rect, pixel_size: float) -> torch.Tensor:
@@ -105,8 +105,6 @@ def to_rectangular(basis: SphericalBasis, rect, pixel_size: float) -> torch.Tens
     Density values are kept (ρ_Å(x) = ρ(x / pixel size)), so F_Å(k) = pixel_size³ P(k · pixel_size); the particle
     centre is the origin of the mechanical frame. Then ĉ_rect = B c̄ and V̂_rect = B V Bᵀ.
     """
-    from cryoscope.hetero.moments_basis import realify
-
     freqs, weights = rect.fourier_terms()  # k [M, 3] in 1/Å; φ_c(x + centre) = Σ_k w[c, k] e^{-2πi k·x}
     centre = torch.tensor(rect.centre, dtype=torch.float64)
     F = basis.fourier(freqs * pixel_size) * pixel_size**3 * torch.exp(2j * math.pi * (freqs @ centre))[:, None]  # of ρ(x + centre)

@@ -55,11 +55,12 @@ def write_params_json(path: str | Path, params: Mapping[str, Any]) -> Path:
     return _write_json(path, params)
 
 
-def write_log_csv(path: str | Path, history: list[dict]) -> None:
-    """Write a training log (one dict of numbers per step, the same keys in each) as CSV atomically; nothing if empty."""
+def write_log_csv(path: str | Path, history: list[dict], protect: tuple[str | Path, ...] = ()) -> None:
+    """Write a training log (one dict of numbers per step, the same keys in each) as CSV atomically; nothing if empty.
+    `protect` lists input files that must never be replaced."""
     if not history:
         return
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path, protect) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)

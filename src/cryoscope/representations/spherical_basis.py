@@ -81,6 +81,11 @@ def bessel_zeros(l: int, count: int) -> np.ndarray:
     return np.array([brentq(lambda t: spherical_jn(l, t), x[i], x[i + 1], xtol=1e-14) for i in idx])
 
 
+def quadratic_form(phi: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """φ^T V φ [...] for basis values φ [..., N_c] and V [N_c] (diagonal) or [N_c, N_c] (full)."""
+    return (phi * phi) @ covariance if covariance.dim() == 1 else ((phi @ covariance) * phi).sum(-1)
+
+
 class SphericalBasis:
     """The basis φ_{l,n,p} for a ball of radius `radius` pixels, degrees l <= l_max, p <= p_max radial functions,
     symmetry group `symmetry`, optionally limited to z_{l,p} <= 2π k_max R (`k_max` in cycles/pixel)."""
@@ -249,9 +254,7 @@ class SphericalBasis:
 
     def variance_to_voxels(self, covariance: torch.Tensor, box: int) -> torch.Tensor:
         """Variance map v(x) = φ(x)^T V φ(x) (Eq. 2.5) from V [N_c] (diagonal) or [N_c, N_c] (full)."""
-        if covariance.dim() == 1:
-            return self._map(box, covariance.dtype, covariance.device, lambda phi: (phi * phi) @ covariance)
-        return self._map(box, covariance.dtype, covariance.device, lambda phi: ((phi @ covariance) * phi).sum(-1))
+        return self._map(box, covariance.dtype, covariance.device, lambda phi: quadratic_form(phi, covariance))
 
     def _map(self, box: int, dtype, device, fn) -> torch.Tensor:
         pts, inside = self._voxel_points(box, dtype, device)

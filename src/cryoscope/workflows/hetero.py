@@ -10,7 +10,6 @@ box; load with torch.load(weights_only=True)), `checkpoint.pt` (`--resume`), `me
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -163,7 +162,7 @@ def run_hetero(p: dict, out: Path, resume: bool, progress: bool, device: torch.d
     maps = write_maps(out, basis, model, px, box, protect)
     write_particles(out, meta, final.weights, grid, protect)
     keys = list(dict.fromkeys(k for h in history for k, v in h.items() if not isinstance(v, list)))
-    write_log_csv(out / "history.csv", [{k: h.get(k, "") for k in keys} for h in history])
+    write_log_csv(out / "history.csv", [{k: h.get(k, "") for k in keys} for h in history], protect)
     r = torch.linspace(0, basis.radius, 200, dtype=torch.float64)
     sds = [radial_sd(basis, model.variance[k].double().cpu(), r) for k in range(model.n_classes)]
     write_radial_csv(out / "radial_sd.csv", r * px, {f"sd_class{k + 1}": s for k, s in enumerate(sds)}, protect)
@@ -207,11 +206,8 @@ def write_particles(out: Path, meta: ParticleMetadata, weights: torch.Tensor, gr
 
 def write_radial_csv(path: Path, x: torch.Tensor, columns: dict[str, torch.Tensor], protect=(), x_name: str = "radius_angstrom") -> None:
     """A CSV of curves sampled at x (radii in Å, or frequencies in 1/Å with x_name)."""
-    with atomic_path(path, protect) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow([x_name, *columns])
-        for i in range(x.numel()):
-            w.writerow([f"{float(x[i]):.6g}", *(f"{float(v[i]):.6g}" for v in columns.values())])
+    rows = [{x_name: float(x[i]), **{name: float(v[i]) for name, v in columns.items()}} for i in range(x.numel())]
+    write_log_csv(path, rows, protect)
 
 
 def write_run_report(out: Path, history: list[dict], r: torch.Tensor, sds: list[torch.Tensor], maps: list[str], metrics: dict) -> None:
