@@ -44,9 +44,11 @@ def test_draws_have_the_exact_responsibilities_as_mean():
                    compute_dtype=torch.float32)
 
 
-def test_pixels_far_from_every_component_are_evaluated_exactly():
+@pytest.mark.parametrize("precision", [0.5, 0.05])
+def test_pixels_far_from_every_component_are_evaluated_exactly(precision):
     # components near (-15, 15) Å and (15, -15) Å; pixel (0, 0) at (-40, -40) Å is nearest in x to the first and in y
-    # to the second, so each product of the scaled 1-D factors is below exp(-300): zero in float32
+    # to the second, so each product of the scaled 1-D factors is below exp(-300) (s = 0.5): zero in float32; or
+    # about exp(-60) (s = 0.05): a normal float32, but made of factors below the sampler's floor, so set to zero
     g = torch.Generator().manual_seed(2)
     p, k, box, px = 2, 6, 16, 5.0
     centres = torch.randn(p, k, 2, generator=g, dtype=torch.float64)
@@ -56,8 +58,8 @@ def test_pixels_far_from_every_component_are_evaluated_exactly():
     counts[:, 8, 8] = 5
     counts[:, 0, 0] = 3
     counts[1, 0, 1] = 2
-    _check_moments(counts, centres, torch.full((k,), 1 / k, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64),
-                   px, draws=100, compute_dtype=torch.float32)
+    _check_moments(counts, centres, torch.full((k,), 1 / k, dtype=torch.float64),
+                   torch.tensor(precision, dtype=torch.float64), px, draws=100, compute_dtype=torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the sampler draws float32 uniforms

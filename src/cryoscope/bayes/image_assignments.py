@@ -11,7 +11,10 @@ O(P K N²) multiply-adds for T and O(counts · K^(1/3)) for the draws, against O
 Factors, masses and the descent are fused kernels (`cryoscope.fusion`).
 
 The 1-D factors are scaled per image row/column (the largest factor is 1), which keeps them finite far from
-the mixture; a pixel whose mass still underflows is evaluated densely in log space (`assignments`).
+the mixture. Factors below `_floor` (the square root of the smallest normal number) are set to 0, so that no product
+or sum is subnormal (subnormal arithmetic made the descent 1.5x slower). The mass so dropped from a pixel is below
+K · floor; a pixel whose mass is not above `_min_mass` (where that drop could exceed a rounding error) is evaluated
+densely in log space (`assignments`), as is one whose mass underflows.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cryoscope.bayes.assignments import component_logits, sample_split
+from cryoscope.bayes.assignments import sample_split
 from cryoscope.fusion import fused
 from cryoscope.physics.fourier import centered_coords
 
@@ -80,14 +83,30 @@ def _level_sizes(k: int) -> tuple[int, int, int]:
     return -(-k // (b * b)), b, b
 
 
+def _floor(dtype: torch.dtype) -> float:
+    """Factors below this are set to 0: a product of two factors at or above it is a normal number."""
+    return math.sqrt(torch.finfo(dtype).tiny)
+
+
+def _min_mass(dtype: torch.dtype, k: int) -> float:
+    """A pixel mass above this is exact to rounding although factors below `_floor` were dropped (at most K of
+    them, each term below the floor)."""
+    return _floor(dtype) * k / torch.finfo(dtype).eps
+
+
+def _flushed(f: torch.Tensor) -> torch.Tensor:
+    """f with values below `_floor` set to 0."""
+    return torch.where(f < _floor(f.dtype), 0.0, f)
+
+
 def _axis_factors(centres: torch.Tensor, grid: torch.Tensor, precision: torch.Tensor, b3: int):
     """1-D factors exp(-s (x - c)² / 2) [P, N, b3, leaves] (component k = leaf · b3 + j at [..., j, leaf]) for centre
     coordinates [P, leaves · b3] along one axis, scaled so that the largest over the components is 1 at every grid
-    line, and the log of the scales [P, N]."""
+    line (those below `_floor` are 0), and the log of the scales [P, N]."""
     c = centres.reshape(centres.shape[0], 1, -1, b3).transpose(-1, -2)  # [P, 1, b3, leaves]
     e = -0.5 * precision * (grid[None, :, None, None] - c) ** 2
     top = e.amax((2, 3), keepdim=True)
-    return torch.exp(e - top), top.reshape(centres.shape[0], -1)
+    return _flushed(torch.exp(e - top)), top.reshape(centres.shape[0], -1)
 
 
 @fused
@@ -95,7 +114,7 @@ def _factors(centres: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, p
     """h along x and g = w · factor along y, [P, N, b3, leaves] each, and their log scales [P, N]."""
     hx, top_x = _axis_factors(centres[..., 0], grid, precision, b3)
     gy, top_y = _axis_factors(centres[..., 1], grid, precision, b3)
-    return hx.contiguous(), (gy * weights.reshape(-1, b3).T).contiguous(), top_x, top_y
+    return hx.contiguous(), _flushed(gy * weights.reshape(-1, b3).T).contiguous(), top_x, top_y
 
 
 @fused
@@ -132,11 +151,11 @@ def _pick(masses: list[torch.Tensor], u: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 @fused
-def _log_likelihood(group_mass, top_x, top_y, image, iy, ix, counts, norm: torch.Tensor):
-    """Which occupied pixels [R] have a mass above 0 in the scaled factors, and Σ_j y_j log p(x_j) over them
-    (float64; `norm` = log(s / 2π))."""
+def _log_likelihood(group_mass, top_x, top_y, image, iy, ix, counts, norm: torch.Tensor, min_mass: float):
+    """Which occupied pixels [R] have a mass above `min_mass` in the scaled factors, and Σ_j y_j log p(x_j) over
+    them (float64; `norm` = log(s / 2π))."""
     total = group_mass[image, iy, ix].sum(-1).double()
-    good = total > 0
+    good = total > min_mass
     log_mass = torch.log(torch.where(good, total, 1.0)) + top_x[image, ix].double() + top_y[image, iy].double()
     return good, torch.where(good, counts.double() * (log_mass + norm), 0.0).sum()
 
@@ -154,10 +173,11 @@ def _uniforms(seed: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 @fused
-def _descend(group_mass, leaf_mass, hx, gy, pixel, seed, k: int):
-    """Component [C] of each count: its group from group_mass [P, N, N, b1], its leaf from leaf_mass [P, N, N, L]
-    and its component from the products of hx, gy [P, N, b3, L], for count pixels [3, C] and uniforms hashed from an
-    int32 seed (the index is kept below K where a pixel's mass underflowed; the caller discards those counts)."""
+def _descend(group_mass, leaf_mass, hx, gy, pixel, row, good, seed, k: int):
+    """(image, component) of each count as the row image · K + component [C] of a [P K, ...] table: its group from
+    group_mass [P, N, N, b1], its leaf from leaf_mass [P, N, N, L] and its component from the products of hx, gy
+    [P, N, b3, L], for count pixels [3, C] and uniforms hashed from an int32 seed. A count whose pixel (`row` [C]
+    into `good` [R]) is not good gets row P K, past the table."""
     n, b1, b3, leaves = group_mass.shape[1], group_mass.shape[-1], hx.shape[2], hx.shape[3]
     b2 = leaves // b1
     img, iy, ix = pixel[0], pixel[1], pixel[2]
@@ -170,7 +190,7 @@ def _descend(group_mass, leaf_mass, hx, gy, pixel, seed, k: int):
     at_x = (img * n + ix) * (b3 * leaves) + leaf
     at_y = (img * n + iy) * (b3 * leaves) + leaf
     comp, _ = _pick([hf[at_x + j * leaves] * gf[at_y + j * leaves] for j in range(b3)], u)
-    return (leaf * b3 + comp).clamp_max(k - 1)
+    return torch.where(good[row], img * k + (leaf * b3 + comp).clamp_max(k - 1), group_mass.shape[0] * k)
 
 
 def image_assignment_stats(
@@ -200,15 +220,11 @@ def image_assignment_stats(
     leaf_mass, group_mass = _masses(hx, gy, b1)
     norm = math.log(s / (2 * math.pi))
     good, loglik = _log_likelihood(group_mass, top_x, top_y, data.image, data.iy, data.ix, data.counts,
-                                   torch.tensor(norm, dtype=torch.float64, device=centres.device))
+                                   torch.tensor(norm, dtype=torch.float64, device=centres.device), _min_mass(compute_dtype, k))
     seed = torch.randint(-(2**31), 2**31, (), generator=generator, dtype=torch.int32, device=centres.device)
-    comp = _descend(group_mass, leaf_mass, hx, gy, data.count_pixel, seed, k)
-
-    values = data.count_values.to(centres.dtype)
-    if not bool(good.all()):
-        values = values * good[data.count_row, None].to(values.dtype)
-    acc = torch.zeros(p * k, 4, dtype=centres.dtype, device=centres.device)
-    acc = acc.index_add_(0, data.count_pixel[0] * k + comp, values).reshape(p, k, 4)
+    at = _descend(group_mass, leaf_mass, hx, gy, data.count_pixel, data.count_row, good, seed, k)
+    acc = torch.zeros(p * k + 1, 4, dtype=centres.dtype, device=centres.device)  # the last row takes bad pixels' counts
+    acc = acc.index_add_(0, at, data.count_values.to(centres.dtype))[:-1].reshape(p, k, 4)
     n, sums, q = acc[..., 3], acc[..., :2].contiguous(), acc[..., 2]
     if not bool(good.all()):
         n, sums, q, loglik = _add_underflowed(data, ~good, centres, weights, s, norm, generator, n, sums, q, loglik)
@@ -216,17 +232,15 @@ def image_assignment_stats(
 
 
 def _add_underflowed(data, bad, centres, weights, s, norm, generator, n, sums, q, loglik):
-    """Pixels whose mixture mass underflows in the scaled factors: evaluated exactly in log space."""
+    """Pixels whose mixture mass underflows (or is not above `_min_mass`) in the scaled factors: evaluated exactly
+    in log space, all images at once."""
     grid = centered_coords(data.box, centres.device, centres.dtype) * data.pixel_size
-    log_w = torch.log(weights.clamp_min(1e-300))
-    for i in data.image[bad].unique().tolist():
-        sel = bad & (data.image == i)
-        pts = torch.stack([grid[data.ix[sel]], grid[data.iy[sel]]], -1)
-        logits = component_logits(pts, centres[i], log_w, s)
-        lse = torch.logsumexp(logits, -1)
-        z = sample_split(torch.exp(logits - lse[:, None]), data.counts[sel], generator)
-        loglik = loglik + (data.counts[sel].to(lse.dtype) * (lse + norm)).sum()
-        n[i] += z.sum(0)
-        sums[i] += z.T @ pts
-        q[i] += z.T @ (pts * pts).sum(-1)
-    return n, sums, q, loglik
+    img, counts = data.image[bad], data.counts[bad]
+    pts = torch.stack([grid[data.ix[bad]], grid[data.iy[bad]]], -1)  # [B, 2]
+    d2 = ((pts[:, None, :] - centres[img]) ** 2).sum(-1)  # [B, K]
+    logits = torch.log(weights.clamp_min(1e-300)) - 0.5 * s * d2
+    lse = torch.logsumexp(logits, -1)
+    z = sample_split(torch.exp(logits - lse[:, None]), counts, generator)  # [B, K]
+    loglik = loglik + (counts.to(lse.dtype) * (lse + norm)).sum()
+    return (n.index_add(0, img, z), sums.index_add(0, img, z[..., None] * pts[:, None, :]),
+            q.index_add(0, img, z * (pts * pts).sum(-1, keepdim=True)), loglik)
