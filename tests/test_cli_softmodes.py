@@ -107,3 +107,24 @@ def test_two_processes_give_the_same_modes_as_one(tmp_path, ribosome):
     assert len(a) == len(b) == 41
     np.testing.assert_allclose(np.array([r.split(",")[4:] for r in b[1:]], float), np.array([r.split(",")[4:] for r in a[1:]], float),
                                rtol=1e-6, atol=1e-9)
+
+
+def test_null_modes_are_listed_and_the_determined_ones_scaled(tmp_path, ribosome, monkeypatch):
+    import cryoscope.workflows.softmodes as wf
+
+    solve = wf.soft_modes
+
+    def with_a_null_mode(*args, **kwargs):  # as if no view sampled the softest direction: λ at rounding level
+        modes = solve(*args, **kwargs)
+        modes.eigenvalues[0] = 1e-3 * wf.NULL_RELATIVE["float32"] * modes.largest_ritz
+        return modes
+
+    monkeypatch.setattr(wf, "soft_modes", with_a_null_mode)
+    out = tmp_path / "sm"
+    assert main(["softmodes", str(ribosome), "-o", str(out), "--simulate", "uniform", "--n-images", "32", "--seed", "2",
+                 "--maps-for", "1", *_small()]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert [r["mode"] for r in m["null_modes"]] == [1] and [r["mode"] for r in m["modes"]] == [2, 3]
+    assert m["maps_written"] == 1 and (out / "mode_02_abs.mrc").is_file() and not (out / "mode_01_abs.mrc").exists()
+    assert (out / "alignments.csv").read_text().splitlines()[0].endswith("mode2_deg,mode3_deg")
+    assert "null direction" in (out / "report.html").read_text()

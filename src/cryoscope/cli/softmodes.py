@@ -45,7 +45,7 @@ def softmodes(
     n_modes: int = typer.Option(7, help="Softest modes to find."),
     method: str = typer.Option("lanczos", help="lanczos (full re-orthogonalisation) or eigsh (ARPACK)."),
     max_iter: int = typer.Option(300, help="Largest number of Lanczos iterations (Hessian-vector products)."),
-    tol: float = typer.Option(1e-6, help="Relative residual at which a Ritz pair counts as converged."),
+    tol: float = typer.Option(1e-6, help="Residual ‖Hv − θv‖, relative to the largest Ritz value, at which each of the softest Ritz pairs counts as converged."),
     check_eigsh: bool = typer.Option(False, help="Also solve with eigsh and report the largest relative difference."),
     logdet: bool = typer.Option(False, help="Estimate log det of the effective Hessian by stochastic Lanczos quadrature."),
     maps_for: int = typer.Option(2, help="Modes for which |ΔF| and F ± ΔF maps are written."),

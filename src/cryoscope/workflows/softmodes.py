@@ -172,41 +172,58 @@ def analyse(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bool, ctx: 
     return Analysis(modes, op, seconds, op.calls - 3, rate)
 
 
+# |λ| below this fraction of the largest Ritz value is a null direction: about 1000x the Rayleigh quotients of the
+# exact null directions (rigid rotations, before deflation: 1e-12 to 3e-11 of the largest in float32)
+NULL_RELATIVE = {"float32": 1e-8, "float64": 1e-13}
+
+
 def write_mode_outputs(out: Path, analysis: Analysis, x: torch.Tensor, basis: ShellBasis, voxel_size: float, p: dict,
-                       protect: tuple) -> tuple[dict, list[dict], torch.Tensor]:
-    """Maps |ΔF|, F ± ΔF for the softest `maps_for` modes; per-mode metrics; per-image |Δτ| [J, k] (degrees)."""
+                       protect: tuple) -> tuple[dict, list[dict], list[dict], torch.Tensor]:
+    """Maps |ΔF|, F ± ΔF for the softest `maps_for` modes; per-mode metrics of the scaled modes and of the null ones
+    (|λ| at rounding level: the data do not determine them, e.g. Fourier directions no view samples); per-image |Δτ|
+    [J, k'] (degrees) of the k' scaled modes."""
     f_map = to_voxels(from_real(x, basis), basis).float().cpu()
     write_map(out / "map_shells.mrc", f_map, voxel_size, protect)
-    maps, rows, degrees = {"f_map": f_map}, [], []
-    for i in range(analysis.modes.eigenvalues.shape[0]):
-        if not float(analysis.modes.eigenvalues[i]) > 0:
-            warnings.warn(f"mode {i + 1} has eigenvalue {float(analysis.modes.eigenvalues[i]):.4g} <= 0: the map and poses are not at "
-                          "a likelihood minimum along it (try --refine-map); no log-20 scaling for it", stacklevel=2)
+    modes = analysis.modes
+    null_tol = NULL_RELATIVE[p["dtype"]] * modes.largest_ritz
+    maps, rows, nulls, degrees = {"f_map": f_map}, [], [], []
+    for i in range(modes.eigenvalues.shape[0]):
+        lam = float(modes.eigenvalues[i])
+        if lam < -null_tol:
+            warnings.warn(f"mode {i + 1} has eigenvalue {lam:.4g} < 0: the map and poses are not at a likelihood minimum "
+                          "along it (try --refine-map); no log-20 scaling for it", stacklevel=2)
             break
-        s = log20_scaling(analysis.modes, x, basis, i)
+        if lam <= null_tol:
+            nulls.append({"mode": i + 1, "eigenvalue": lam, "residual": float(modes.residuals[i])})
+            continue
+        s = log20_scaling(modes, x, basis, i)
         degrees.append(s.alignment_degrees.cpu())
         rows.append({"mode": i + 1, "eigenvalue": s.eigenvalue, "norm_log20": s.norm, "relative_norm_log20": s.relative_norm,
                      "max_alignment_deg": float(s.alignment_degrees.max()), "median_alignment_deg": float(s.alignment_degrees.median()),
-                     "residual": float(analysis.modes.residuals[i])})
-        if i < p["maps_for"]:
+                     "residual": float(modes.residuals[i])})
+        if len(rows) <= p["maps_for"]:
             dmap = to_voxels(from_real(s.delta_x, basis), basis).float().cpu()
             maps[f"abs_{i + 1}"] = dmap.abs()
             write_map(out / f"mode_{i + 1:02d}_abs.mrc", dmap.abs(), voxel_size, protect)
             write_map(out / f"mode_{i + 1:02d}_plus.mrc", f_map + dmap, voxel_size, protect)
             write_map(out / f"mode_{i + 1:02d}_minus.mrc", f_map - dmap, voxel_size, protect)
     if not degrees:
-        raise InvalidValueError("the softest mode has a non-positive eigenvalue: the map is not at a likelihood minimum; use --refine-map")
-    return maps, rows, torch.stack(degrees, -1)
+        if nulls:
+            raise InvalidValueError(f"all {len(nulls)} softest modes are null directions (|λ| <= {NULL_RELATIVE[p['dtype']]:g} of "
+                                    "the largest): the data do not determine the map along them (views missing?); "
+                                    "ask for more with --n-modes to reach the first determined mode")
+        raise InvalidValueError("the softest mode has a negative eigenvalue: the map is not at a likelihood minimum; use --refine-map")
+    return maps, rows, nulls, torch.stack(degrees, -1)
 
 
-def write_alignment_table(out: Path, rotations: torch.Tensor, degrees: torch.Tensor) -> None:
-    """alignments.csv: particle index, viewing direction (rot, tilt) and |Δτ| per mode (degrees, log-20 scaled)."""
+def write_alignment_table(out: Path, rotations: torch.Tensor, degrees: torch.Tensor, mode_numbers: list[int]) -> None:
+    """alignments.csv: particle index, viewing direction (rot, tilt) and |Δτ| per scaled mode (degrees, log-20 scaled)."""
     from cryoscope.geometry.rotations import matrix_to_euler
 
     e = matrix_to_euler(rotations.double().cpu()).numpy()
     with atomic_path(out / "alignments.csv") as tmp:
         with open(tmp, "w") as fh:
-            fh.write("index,rot,tilt,psi," + ",".join(f"mode{i + 1}_deg" for i in range(degrees.shape[1])) + "\n")
+            fh.write("index,rot,tilt,psi," + ",".join(f"mode{m}_deg" for m in mode_numbers) + "\n")
             for j in range(degrees.shape[0]):
                 fh.write(f"{j},{e[j, 0]:.4f},{e[j, 1]:.4f},{e[j, 2]:.4f}," + ",".join(f"{v:.6g}" for v in degrees[j].tolist()) + "\n")
 
@@ -221,17 +238,20 @@ def write_report(out: Path, analysis: Analysis, rows: list[dict], rotations: tor
                          "Rayleigh quotients of the k softest modes (rigid rotations deflated)")]
     if modes.ritz_history:
         figs.append(ReportFigure(plot_ritz_history(out / "ritz.png", modes.ritz_history), "Lanczos Ritz values per iteration (Fig. 23)"))
-    for i in range(min(len(rows), metrics["maps_written"])):
-        s_dir = modes.alignments[i] * rows[i]["norm_log20"]
-        figs.append(ReportFigure(plot_alignment_field(out / f"mode_{i + 1:02d}_alignments.png", rotations.cpu(), s_dir.cpu(),
-                                                      f"mode {i + 1}: implicit alignment changes"),
-                                 f"Mode {i + 1}: Δτ over viewing directions, log-20 scaled (Fig. 2/9)"))
-        figs.append(ReportFigure(plot_projections(out / f"mode_{i + 1:02d}_projections.png", maps[f"abs_{i + 1}"],
-                                                  f"mode {i + 1}: |ΔF| projections"),
-                                 f"Mode {i + 1}: where the map is uncertain (|ΔF|, log-20 scaled)"))
+    for r in rows[: metrics["maps_written"]]:
+        m = r["mode"]
+        s_dir = modes.alignments[m - 1] * r["norm_log20"]
+        figs.append(ReportFigure(plot_alignment_field(out / f"mode_{m:02d}_alignments.png", rotations.cpu(), s_dir.cpu(),
+                                                      f"mode {m}: implicit alignment changes"),
+                                 f"Mode {m}: Δτ over viewing directions, log-20 scaled (Fig. 2/9)"))
+        figs.append(ReportFigure(plot_projections(out / f"mode_{m:02d}_projections.png", maps[f"abs_{m}"],
+                                                  f"mode {m}: |ΔF| projections"),
+                                 f"Mode {m}: where the map is uncertain (|ΔF|, log-20 scaled)"))
     figs.append(ReportFigure(plot_central_slices(out / "map_slices.png", maps["f_map"], "map (band-limited to 2πK)"), "The analysed map"))
     table = {f"mode {r['mode']}": f"λ={r['eigenvalue']:.4g}  ‖ΔF‖/‖F‖={r['relative_norm_log20']:.3g}  max|Δτ|={r['max_alignment_deg']:.3g}°"
              for r in rows}
+    table.update({f"mode {r['mode']}": f"λ={r['eigenvalue']:.3g}: null direction, not determined by the data"
+                  for r in metrics["null_modes"]})
     sections = [ReportSection("Soft modes", "Each mode is scaled so that the perturbed map is 20 times less likely than the "
                               "original (log-likelihood ratio log 20); alignments follow implicitly.", table, figs)]
     render(out / "report.html", "Soft modes of the Hessian", sections, metrics)
@@ -312,27 +332,28 @@ def _run_softmodes(p: dict, out: Path, resume: bool, progress: bool, ctx: DistCo
         return {}
     modes.alignments = alignments
     p_maps = min(p["maps_for"], p["n_modes"])
-    maps, rows, degrees = write_mode_outputs(out, analysis, x, basis, voxel_size, {**p, "maps_for": p_maps}, protect)
-    write_alignment_table(out, all_rotations, degrees)
+    maps, rows, nulls, degrees = write_mode_outputs(out, analysis, x, basis, voxel_size, {**p, "maps_for": p_maps}, protect)
+    numbers = [r["mode"] for r in rows]
+    write_alignment_table(out, all_rotations, degrees, numbers)
     fragile = torch.argsort(degrees[:, 0], descending=True)[: p["fragile"]]
     metrics = {
         "n_images": shard.n, "processes": ctx.world_size, "box": basis.box, "two_pi_k": p["two_pi_k"],
         "k_max_cycles_per_box": basis.k_max, "n_shells": basis.n_shells, "degree": basis.L, "n_parameters": basis.n_params,
         "noise_model": lik.noise.kind, "temperature": lik.noise.temperature, "dof": disc_dof(basis.k_max),
-        "eigenvalues": modes.eigenvalues.tolist(), "modes": rows,
+        "eigenvalues": modes.eigenvalues.tolist(), "modes": rows, "null_modes": nulls,
         "rigid_rayleigh_over_largest": (modes.rigid_rayleigh.abs() / modes.largest_ritz).tolist()
         if math.isfinite(modes.largest_ritz) else modes.rigid_rayleigh.abs().tolist(),
         "lanczos_iterations": modes.iterations, "converged": modes.converged, "largest_ritz": modes.largest_ritz, "hessian_vector_products": analysis.matvecs,
         "hvp_per_second": analysis.hvp_per_second, "seconds_to_modes": analysis.seconds,
         "fragile_images": [{"index": int(j), "alignment_deg": float(degrees[j, 0])} for j in fragile],
-        "stationary_point": info, "maps_written": p_maps, "device": str(ctx.device), "dtype": p["dtype"], **extra,
+        "stationary_point": info, "maps_written": min(p_maps, len(rows)), "device": str(ctx.device), "dtype": p["dtype"], **extra,
     }
     if meta is not None:  # the polished poses, with |Δτ| of each mode (degrees, log-20 scaled)
         from cryoscope.io.metadata import ParticleMetadata
         from cryoscope.io.star import write_star
 
         polished = ParticleMetadata(**{**vars(meta), "rotations": all_rotations.double(), "euler": None})
-        cols = {f"cryoscopeSoftMode{i + 1}AlignmentDeg": degrees[:, i].numpy() for i in range(degrees.shape[1])}
+        cols = {f"cryoscopeSoftMode{m}AlignmentDeg": degrees[:, i].numpy() for i, m in enumerate(numbers)}
         write_star(out / "particles.star", polished, protect=protect, extra=cols)
     with atomic_path(out / "softmodes.pt", protect) as tmp:
         torch.save({"eigenvalues": modes.eigenvalues.cpu(), "modes": modes.modes.cpu(), "alignments": modes.alignments.cpu(),
