@@ -2,11 +2,13 @@
 # Soft-mode studies of Rangan et al. on the bundled 70S ribosome map (65^3, 5 Å/px) with 1024 synthetic images,
 # and the stiffness R(s) along the adenylate-kinase open -> closed morph. Run by hand (CPU: ~2 h on 2 cores):
 #   bash benchmarks/softmodes_studies.sh [TWO_PI_K] [N_IMAGES]      -> benchmarks/out/softmodes/*, summary.md
+# Environment: OUT (folder), ITERS (Lanczos iterations, 120), MODES (7), MAPS (1). The converged 2πK = 16 study:
+#   OUT=benchmarks/out/softmodes16 ITERS=400 MODES=3 MAPS=0 bash benchmarks/softmodes_studies.sh 16
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K=${1:-32}
 J=${2:-1024}
-OUT=benchmarks/out/softmodes
+OUT=${OUT:-benchmarks/out/softmodes}
 MAP=tests/data/maps/ribosome70S_65.mrc
 CLI=.venv/bin/cryoscope
 mkdir -p "$OUT"
@@ -14,7 +16,7 @@ run() {  # name, extra args...
   local name=$1; shift
   [ -f "$OUT/$name/metrics.json" ] && return 0
   "$CLI" softmodes "$MAP" -o "$OUT/$name" --pixel-size 5 --n-images "$J" --two-pi-k "$K" --max-iter "${ITERS:-120}" \
-    --n-modes 7 --maps-for 1 --no-progress "$@" > "$OUT/$name.log" 2>&1
+    --n-modes "${MODES:-7}" --maps-for "${MAPS:-1}" --seed 0 --no-progress "$@" > "$OUT/$name.log" 2>&1
 }
 # viewing-angle distributions (noiseless templates; σ̂² from SNR 0.1 of the uniform set, fixed for all)
 run view_uniform --simulate uniform --snr 0.1

@@ -37,9 +37,11 @@ def main(out: Path) -> None:
     print("| run | poses | defocus (Å) | softest λ (residual) | λ2 | λ7 | ‖ΔF‖/‖F‖ (log 20) | max \\|Δτ\\| (°) | blind spots | Lanczos its | HVP/s | s to modes |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, p, d in rows:
-        m1 = d["modes"][0]
+        m1 = d["modes"][0]  # the softest scaled mode; null modes (no log-20 scaling) come first in the eigenvalues
+        first = d.get("null_modes") or [m1]
+        null = " null" if d.get("null_modes") else ""
         blind = blind_fraction(p["simulate"]) if p.get("simulate") else float("nan")
-        print(f"| {name} | {p.get('simulate')} | {p.get('defocus')} | {d['eigenvalues'][0]:.4g} ({m1['residual']:.2g}) | "
+        print(f"| {name} | {p.get('simulate')} | {p.get('defocus')} | {d['eigenvalues'][0]:.4g}{null} ({first[0]['residual']:.2g}) | "
               f"{d['eigenvalues'][1]:.4g} | {d['eigenvalues'][-1]:.4g} | {m1['relative_norm_log20']:.3g} | {m1['max_alignment_deg']:.3g} | "
               f"{blind:.3f} | {d['lanczos_iterations']} | {d['hvp_per_second']:.3g} | {d['seconds_to_modes']:.0f} |")
     path = out / "adk_path" / "metrics.json"
