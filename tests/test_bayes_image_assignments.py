@@ -44,8 +44,9 @@ def test_draws_have_the_exact_responsibilities_as_mean():
                    compute_dtype=torch.float32)
 
 
-@pytest.mark.parametrize("precision", [0.5, 0.05])
-def test_pixels_far_from_every_component_are_evaluated_exactly(precision):
+@pytest.mark.parametrize("precision,block", [(0.5, 2**22), (0.05, 6)])  # block 6: one pixel per exact block
+def test_pixels_far_from_every_component_are_evaluated_exactly(precision, block, monkeypatch):
+    monkeypatch.setattr("cryoscope.bayes.image_assignments._EXACT_BLOCK", block)
     # components near (-15, 15) Å and (15, -15) Å; pixel (0, 0) at (-40, -40) Å is nearest in x to the first and in y
     # to the second, so each product of the scaled 1-D factors is below exp(-300) (s = 0.5): zero in float32; or
     # about exp(-60) (s = 0.05): a normal float32, but made of factors below the sampler's floor, so set to zero

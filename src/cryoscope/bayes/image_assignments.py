@@ -29,6 +29,7 @@ from cryoscope.fusion import fused
 from cryoscope.physics.fourier import centered_coords
 
 _U_MAX = 1.0 - 2.0**-20  # uniforms are kept below 1 so that u · total < total: bins of zero mass are never drawn
+_EXACT_BLOCK = 2**22  # pixel-component pairs per block of the exact (log-space) evaluation
 
 
 @dataclass
@@ -233,14 +234,17 @@ def image_assignment_stats(
 
 def _add_underflowed(data, bad, centres, weights, s, norm, generator, n, sums, q, loglik):
     """Pixels whose mixture mass underflows (or is not above `_min_mass`) in the scaled factors: evaluated exactly
-    in log space, all images at once."""
+    in log space, all images at once in blocks of about `_EXACT_BLOCK` pixel-component pairs."""
     grid = centered_coords(data.box, centres.device, centres.dtype) * data.pixel_size
-    img, counts = data.image[bad], data.counts[bad]
-    pts = torch.stack([grid[data.ix[bad]], grid[data.iy[bad]]], -1)  # [B, 2]
-    d2 = ((pts[:, None, :] - centres[img]) ** 2).sum(-1)  # [B, K]
-    logits = torch.log(weights.clamp_min(1e-300)) - 0.5 * s * d2
-    lse = torch.logsumexp(logits, -1)
-    z = sample_split(torch.exp(logits - lse[:, None]), counts, generator)  # [B, K]
-    loglik = loglik + (counts.to(lse.dtype) * (lse + norm)).sum()
-    return (n.index_add(0, img, z), sums.index_add(0, img, z[..., None] * pts[:, None, :]),
-            q.index_add(0, img, z * (pts * pts).sum(-1, keepdim=True)), loglik)
+    log_w = torch.log(weights.clamp_min(1e-300))
+    for rows in bad.nonzero()[:, 0].split(max(1, _EXACT_BLOCK // centres.shape[1])):
+        img, counts = data.image[rows], data.counts[rows]
+        pts = torch.stack([grid[data.ix[rows]], grid[data.iy[rows]]], -1)  # [B, 2]
+        logits = log_w - 0.5 * s * ((pts[:, None, :] - centres[img]) ** 2).sum(-1)  # [B, K]
+        lse = torch.logsumexp(logits, -1)
+        z = sample_split(torch.exp(logits - lse[:, None]), counts, generator)  # [B, K]
+        loglik = loglik + (counts.to(lse.dtype) * (lse + norm)).sum()
+        n = n.index_add(0, img, z)
+        sums = sums.index_add(0, img, z[..., None] * pts[:, None, :])
+        q = q.index_add(0, img, z * (pts * pts).sum(-1, keepdim=True))
+    return n, sums, q, loglik
