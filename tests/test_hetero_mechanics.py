@@ -229,6 +229,8 @@ def test_cli_modes_and_fit(tmp_path, capsys):
     assert metrics["springs"] == net.n_springs and metrics["rigid_eigenvalue_relative"] < 1e-12
     assert [p.name for p in sorted(out.glob("mode_*.pdb"))] == ["mode_007.pdb", "mode_008.pdb", "mode_009.pdb"]
     assert len(gemmi.read_structure(str(out / "mode_008.pdb"))) == 6 and (out / "params.json").exists()
+    rows = (out / "eigenvalues.csv").read_text().splitlines()
+    assert rows[0] == "mode,eigenvalue,omega,rigid,collectivity" and len(rows) == 1 + 3 * net.n_masses
     basis = SineBasis(3.2, 2)
     mean, cov = MechanicalModel(net, basis, q=0.4).moments(torch.tensor([15.0, 30.0], dtype=F64))
     moments = tmp_path / "moments.npz"

@@ -248,16 +248,21 @@ def plot_alignment_field(
 
 def plot_series(
     path: str | Path, x: np.ndarray | list, series: Mapping[str, np.ndarray | list], xlabel: str, ylabel: str,
-    title: str, log_y: bool = False, dpi: int = 100,
+    title: str, log_y: bool = False, dpi: int = 100, log_x: bool = False, mark_x: tuple[float, str] | None = None,
 ) -> Path:
-    """Labelled line plots of several series against one x (eigenvalue spectra, stiffness along a path)."""
+    """Labelled line plots of several series against one x (eigenvalue spectra, stiffness along a path, cost curves);
+    `mark_x` = (x, label) draws a dashed vertical line there (a fitted value)."""
     if not series:
         raise InvalidValueError("plot_series: no series given")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, y in series.items():
         ax.plot(np.asarray(x)[: len(y)], np.asarray(y), marker="o", ms=3, lw=1.2, label=label)
+    if mark_x is not None:
+        ax.axvline(mark_x[0], color="C3", ls="--", label=mark_x[1])
     if log_y:
         ax.set_yscale("log")
+    if log_x:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
