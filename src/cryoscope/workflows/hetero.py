@@ -39,6 +39,8 @@ from cryoscope.physics.ctf import CTFParams, ctf_at
 from cryoscope.report.html import ReportFigure, ReportSection, write_report
 from cryoscope.report.plots import plot_series
 from cryoscope.representations.spherical_basis import SphericalBasis
+from cryoscope.simulation.config import SimulationConfig
+from cryoscope.simulation.draws import draw_ctf
 from cryoscope.workflows.likelihood import finish_run, open_particles
 
 MODEL_FILE = "hetero_model.pt"
@@ -247,11 +249,9 @@ def run_simulate(p: dict, out: Path, device: torch.device, started: float) -> di
     ctf = None
     if p["defocus"]:
         lo, hi = p["defocus"]
-        defocus = lo + (hi - lo) * torch.rand(p["n"], generator=g, dtype=torch.float64)
-        ctf_cols = {"defocus_u": defocus, "defocus_v": defocus.clone(), "defocus_angle": torch.zeros(p["n"], dtype=torch.float64),
-                    "voltage": torch.full((p["n"],), 300.0), "cs": torch.full((p["n"],), 2.7), "amplitude_contrast": torch.full((p["n"],), 0.1)}
+        ctf_cols = draw_ctf(SimulationConfig(n_particles=p["n"], defocus_min=lo, defocus_max=hi), g)  # 300 kV, Cs 2.7 mm, 10 %
         kx, ky = op.frequencies_angstrom(px)
-        ctf = ctf_at(CTFParams.create(**ctf_cols).to(dtype=torch.float64), kx, ky)  # exact per particle
+        ctf = ctf_at(CTFParams.create(**ctf_cols, dtype=torch.float64), kx, ky)  # exact per particle
     y, rotations, _ = simulate_measurements(op, means, variance, noise, classes, g, rotations, ctf)
     with StackWriter(out / "particles.mrcs", p["n"], box, px) as writer:
         for s in range(0, p["n"], 256):
