@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from test_likelihood_scoring import blob_map
 
@@ -169,19 +170,24 @@ def _kept_poses(n: int, n_rot: int, n_shift: int, per_image: int, g: torch.Gener
     return SignificantPoses(image, rot, shift, (w / w.sum(-1, keepdim=True)).reshape(-1))
 
 
-def test_m_step_sums_equal_adding_every_kept_pose():
+@pytest.mark.parametrize("per_image", [False, True])
+def test_m_step_sums_equal_adding_every_kept_pose(per_image, monkeypatch):
     """Summing the kept shifts of one (image, rotation) before the slice is added is exact: the reconstructor's
-    sums equal those of adding each pose with weight w as (sqrt(w) T Y, sqrt(w) C)."""
+    sums equal those of adding each pose with weight w as (sqrt(w) T Y, sqrt(w) C); for grids shared by all images
+    and for per-image (local) grids, over several M-step chunks."""
     from cryoscope.likelihood import em
     from cryoscope.particles import ParticleBatch
     from cryoscope.reconstruction.direct import DirectReconstructor
 
+    monkeypatch.setattr(em, "_POSE_CHUNK", 16)  # chunks of 3 images
     g = torch.Generator().manual_seed(3)
     n, box = 6, 16
     Y = torch.randn(n, box, box, dtype=torch.complex64, generator=g)
     C = torch.rand(n, box, box, generator=g) + 0.1
-    rotations = random_rotations(5, generator=g).float()
-    shifts = torch.randn(4, 2, generator=g)
+    rotations = random_rotations(n * 5 if per_image else 5, generator=g).float()
+    shifts = torch.randn(n * 4 if per_image else 4, 2, generator=g)
+    if per_image:
+        rotations, shifts = rotations.reshape(n, 5, 3, 3), shifts.reshape(n, 4, 2)
     sig = _kept_poses(n, 5, 4, 7, g)
     s = EMSettings()
     acc = em._Accumulator(1, box, 0.5, s, symmetry_group("C1", torch.float32), torch.device("cpu"))
@@ -190,7 +196,8 @@ def test_m_step_sums_equal_adding_every_kept_pose():
     naive = DirectReconstructor(box, s.oversample, 0.5, n_halves=2)
     q = sig.weight.float().sqrt()[:, None, None]
     i, r, t = sig.image, sig.rotation_index, sig.shift_index
-    naive.add(ParticleBatch(Y[i] * q, rotations[r], shifts[t], C[i] * q, torch.ones_like(i), fourier=True))
+    R, o = (rotations[i, r], shifts[i, t]) if per_image else (rotations[r], shifts[t])
+    naive.add(ParticleBatch(Y[i] * q, R, o, C[i] * q, torch.ones_like(i), fourier=True))
     rec = acc.recs[0]
     assert torch.allclose(rec.sums.rows, naive.sums.rows, atol=1e-4 * float(naive.sums.rows.abs().max()))
 

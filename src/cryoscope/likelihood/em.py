@@ -73,12 +73,12 @@ from cryoscope.likelihood.scoring import (
 from cryoscope.particles import ParticleBatch
 from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.projection import fourier_volume, slice_fourier_volume
-from cryoscope.physics.shift import translate
+from cryoscope.physics.shift import phase_ramp, translate
 from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
 from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
 from cryoscope.validation.fsc import fsc, resolution_at, shell_frequencies
 
-# Kept poses expanded per M-step chunk (each is one N x N complex image).
+# (Image, class, rotation) groups per M-step chunk (each is one N x N complex image).
 _POSE_CHUNK = 2048
 
 
@@ -286,7 +286,8 @@ class _Accumulator:
         """Add the kept poses `sig` (rotation index = class * n_rot + rotation) of images Y [n, N, N] (CTFs C).
 
         Poses of one image, class and rotation share their slice, so their shifts are summed first: the
-        rotation gets sum_t w_t C T_{+t} Y and weight sum_t w_t C^2 (exactly what adding each pose gives). The
+        rotation gets sum_t w_t C T_{+t} Y = C Y sum_t w_t T_{+t} (one matmul of weights and phase ramps,
+        `_ramp_sums`) and weight sum_t w_t C^2 (exactly what adding each pose gives). The
         noise sums take one pose per image, drawn from its kept posterior at `quantile` [n] in [0, 1): an
         unbiased estimate of the expected residual power, for one slice per image.
         """
@@ -298,27 +299,30 @@ class _Accumulator:
         o = shifts[t] if shifts.dim() == 2 else shifts[i, t]
         C = torch.ones(n_img, self.box, self.box, device=Y.device) if C is None else C
         pick = posterior_draw(sig, n_img, quantile.to(Y.device))
-        n_kept = torch.bincount(i, minlength=n_img)
         for c in k[pick].unique().tolist():
             p = pick[k[pick] == c]
             S = slice_fourier_volume(fvols[c], R[p].to(torch.float32), self.box, self.cutoff)
             sums, counts = shell_power_sums(translate(Y[i[p]], o[p].to(torch.float32)) - C[i[p]] * S)
             self.noise[0] += sums.double()
             self.noise[1] += counts.double()
-        # data: one slice per (image, class, rotation), chunked by whole images
-        step = max(1, _POSE_CHUNK // max(1, int(n_kept.max())))
+        # data: one slice per (image, class, rotation) with its shifts folded into one weighted phase ramp
+        n_cls = len(self.recs)
+        uniq, gid = torch.unique((i * n_cls + k) * n_rot + r, return_inverse=True)  # groups, image-major
+        gi, gk, gr = uniq // (n_cls * n_rot), (uniq // n_rot) % n_cls, uniq % n_rot
+        W = torch.zeros(uniq.numel(), device=Y.device).index_add_(0, gid, w)
+        n_groups = torch.bincount(gi, minlength=n_img)
+        first = torch.cat([n_groups.new_zeros(1), n_groups.cumsum(0)]).tolist()
+        step = max(1, _POSE_CHUNK // max(1, int(n_groups.max()), shifts.shape[-2]))
         for lo in range(0, n_img, step):
-            sel = torch.nonzero((i >= lo) & (i < lo + step)).flatten()
-            key = (i[sel] * len(self.recs) + k[sel]) * n_rot + r[sel]
-            uniq, gid = torch.unique(key, return_inverse=True)
-            W = torch.zeros(uniq.numel(), device=Y.device).index_add_(0, gid, w[sel])
-            Yt = translate(Y[i[sel]], o[sel].to(torch.float32)) * w[sel, None, None]
-            Ysum = torch.zeros(uniq.numel(), self.box, self.box, dtype=Yt.dtype, device=Y.device).index_add_(0, gid, Yt)
-            rep = torch.full((uniq.numel(),), sel.numel(), device=Y.device).scatter_reduce_(
-                0, gid, torch.arange(sel.numel(), device=Y.device), "amin")
-            gi, gk, gR = i[sel][rep], k[sel][rep], R[sel][rep].to(torch.float32)
-            sq = W.sqrt()[:, None, None]
-            self._add_symmetric(Ysum / sq, C[gi] * sq, gR, gk, half)
+            hi = min(n_img, lo + step)
+            g = slice(first[lo], first[hi])
+            sel = torch.nonzero((i >= lo) & (i < hi)).flatten()
+            starts = torch.tensor(first[lo:hi], device=Y.device) - first[lo]
+            ramps = _ramp_sums(gid[sel] - first[lo], t[sel], w[sel], shifts if shifts.dim() == 2 else shifts[lo:hi],
+                               gi[g] - lo, starts, self.box)
+            gR = rotations[gr[g]] if rotations.dim() == 3 else rotations[gi[g], gr[g]]
+            sq = W[g].sqrt()[:, None, None]
+            self._add_symmetric(Y[gi[g]] * ramps / sq, C[gi[g]] * sq, gR.to(torch.float32), gk[g], half)
 
     def _add_symmetric(self, images, ctf, R, cls, half: int) -> None:
         """Add images (centred transforms, origin 0) at rotations R to their classes' half-set `half`; with
@@ -339,6 +343,23 @@ class _Accumulator:
         for rec in self.recs:
             out += [rec.sums.rows, rec.count]
         return out
+
+
+def _ramp_sums(row, t, w, shifts, image, starts, box: int) -> torch.Tensor:
+    """Per group (image, class, rotation) the weighted sum of its kept shifts' phase ramps, sum_t w_t T_{+t} [G, N, N]
+    (complex), so that Y sum_t w_t T_{+t} is the sum of the translated images. Kept poses: group `row` [m], shift
+    index `t` [m] and weight `w` [m]; shifts [T, 2] shared or [n, T, 2] per image (for the n images of the chunk;
+    `image` [G] is each group's image among them, `starts` [n] the first group of each). One (batched) real matmul
+    of the dense group x shift weights with the shifts' ramps."""
+    n_g, n_t = image.numel(), shifts.shape[-2]
+    dense = torch.zeros(n_g, n_t, dtype=torch.float32, device=w.device).index_put_((row, t), w, accumulate=True)
+    ramps = torch.view_as_real(phase_ramp(shifts.to(torch.float32), box)).reshape(*shifts.shape[:-1], -1)
+    if shifts.dim() == 2:
+        return torch.view_as_complex((dense @ ramps).reshape(n_g, box, box, 2))
+    rank = torch.arange(n_g, device=w.device) - starts[image]
+    padded = torch.zeros(shifts.shape[0], int(rank.max()) + 1, n_t, dtype=torch.float32, device=w.device)
+    padded[image, rank] = dense
+    return torch.view_as_complex(torch.bmm(padded, ramps)[image, rank].reshape(n_g, box, box, 2))
 
 
 def posterior_draw(sig: SignificantPoses, n_images: int, quantile: torch.Tensor) -> torch.Tensor:
