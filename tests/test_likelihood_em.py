@@ -24,6 +24,7 @@ from cryoscope.likelihood.em import (
 from cryoscope.physics.ctf import CTFParams, compute_ctf
 from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.forward import ImageFormation
+from cryoscope.physics.fourier import centered_coords, fft2c
 from cryoscope.representations.voxel import VoxelMap
 from cryoscope.validation.fsc import fsc
 from cryoscope.physics.filters import lowpass
@@ -172,9 +173,10 @@ def _kept_poses(n: int, n_rot: int, n_shift: int, per_image: int, g: torch.Gener
 
 @pytest.mark.parametrize("per_image", [False, True])
 def test_m_step_sums_equal_adding_every_kept_pose(per_image, monkeypatch):
-    """Summing the kept shifts of one (image, rotation) before the slice is added is exact: the reconstructor's
-    sums equal those of adding each pose with weight w as (sqrt(w) T Y, sqrt(w) C); for grids shared by all images
-    and for per-image (local) grids, over several M-step chunks."""
+    """Summing the kept shifts of one (image, rotation) before the slice is added, on the Hermitian half of the
+    slice, is exact: the reconstructor's sums equal those of adding each pose with weight w as (sqrt(w) T Y,
+    sqrt(w) C), for real images and a CTF even in k; for grids shared by all images and for per-image (local)
+    grids, over several M-step chunks."""
     from cryoscope.likelihood import em
     from cryoscope.particles import ParticleBatch
     from cryoscope.reconstruction.direct import DirectReconstructor
@@ -182,8 +184,10 @@ def test_m_step_sums_equal_adding_every_kept_pose(per_image, monkeypatch):
     monkeypatch.setattr(em, "_POSE_CHUNK", 16)  # chunks of 3 images
     g = torch.Generator().manual_seed(3)
     n, box = 6, 16
-    Y = torch.randn(n, box, box, dtype=torch.complex64, generator=g)
-    C = torch.rand(n, box, box, generator=g) + 0.1
+    Y = fft2c(torch.randn(n, box, box, generator=g))
+    k = centered_coords(box)
+    k2 = k[:, None] ** 2 + k[None, :] ** 2
+    C = torch.cos(k2[None] * torch.rand(n, 1, 1, generator=g) * 0.1) + 0.1 * torch.cos(k[None, :, None] * k[None, None, :])
     rotations = random_rotations(n * 5 if per_image else 5, generator=g).float()
     shifts = torch.randn(n * 4 if per_image else 4, 2, generator=g)
     if per_image:

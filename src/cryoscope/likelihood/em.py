@@ -7,8 +7,8 @@ K half-h maps, their poses backprojected only into half-h grids):
   within the current resolution cutoff (frequency marching), plus log class fractions; posteriors over
   (class, rotation, shift) jointly, best pose, posterior spread, class posterior, pruning.
 - M-step: every kept (i, k, r, t) with weight w adds w · C_i · T_{+t} Y_i at the slice of rotation r, and
-  w · C_i^2 to the weights, of class k's `reconstruction.direct.DirectReconstructor` (the weight enters as
-  sqrt(w) on both the image and the CTF of an expanded `ParticleBatch`); with point-group symmetry every pose
+  w · C_i^2 to the weights, of class k's `reconstruction.direct.DirectReconstructor` (as folded half-slices,
+  the shifts of one (i, k, r) summed first); with point-group symmetry every pose
   is added once per group element g as A g (weight w / |G|), so the maps come out symmetric. The expected
   residual power w |T_{+t} Y_i - C_i S_r|^2 goes to the per-shell noise sums; class fractions are the mean
   class posteriors.
@@ -65,14 +65,14 @@ from cryoscope.likelihood.inplane import (
 from cryoscope.likelihood.noise import n_shells, noise_spectrum, shell_power_sums
 from cryoscope.likelihood.scoring import (
     best_poses,
+    half_multiplicity,
     score_poses,
     SignificantPoses,
     shift_grid,
     significant_poses,
 )
-from cryoscope.particles import ParticleBatch
 from cryoscope.physics.filters import soft_mask
-from cryoscope.physics.projection import fourier_volume, slice_fourier_volume
+from cryoscope.physics.projection import SliceLayout, fourier_volume, slice_fourier_volume
 from cryoscope.physics.shift import phase_ramp, translate
 from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
 from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
@@ -305,7 +305,11 @@ class _Accumulator:
             sums, counts = shell_power_sums(translate(Y[i[p]], o[p].to(torch.float32)) - C[i[p]] * S)
             self.noise[0] += sums.double()
             self.noise[1] += counts.double()
-        # data: one slice per (image, class, rotation) with its shifts folded into one weighted phase ramp
+        # data: one slice per (image, class, rotation) with its shifts folded into one weighted phase ramp; on the
+        # Hermitian half of the slice (Y, C and the ramps are Hermitian: folding doubles the mirrored pixels)
+        layout = self.recs[0].layout
+        mult = half_multiplicity(layout).to(torch.float32)
+        Yh, Ch = Y.reshape(n_img, -1)[:, layout.computed], C.reshape(n_img, -1)[:, layout.computed] * mult
         n_cls = len(self.recs)
         uniq, gid = torch.unique((i * n_cls + k) * n_rot + r, return_inverse=True)  # groups, image-major
         gi, gk, gr = uniq // (n_cls * n_rot), (uniq // n_rot) % n_cls, uniq % n_rot
@@ -319,23 +323,24 @@ class _Accumulator:
             sel = torch.nonzero((i >= lo) & (i < hi)).flatten()
             starts = torch.tensor(first[lo:hi], device=Y.device) - first[lo]
             ramps = _ramp_sums(gid[sel] - first[lo], t[sel], w[sel], shifts if shifts.dim() == 2 else shifts[lo:hi],
-                               gi[g] - lo, starts, self.box)
+                               gi[g] - lo, starts, layout)
             gR = rotations[gr[g]] if rotations.dim() == 3 else rotations[gi[g], gr[g]]
-            sq = W[g].sqrt()[:, None, None]
-            self._add_symmetric(Y[gi[g]] * ramps / sq, C[gi[g]] * sq, gR.to(torch.float32), gk[g], half)
+            c = Ch[gi[g]]
+            self._add_symmetric(Yh[gi[g]] * ramps * c, c * Ch[gi[g]] / mult * W[g, None], gR.to(torch.float32), gk[g], half)
 
-    def _add_symmetric(self, images, ctf, R, cls, half: int) -> None:
-        """Add images (centred transforms, origin 0) at rotations R to their classes' half-set `half`; with
-        point-group symmetry every image is added once per group element g as R g with weight 1 / |G|."""
+    def _add_symmetric(self, values, ctf2, R, cls, half: int) -> None:
+        """Add folded half-slices (values and CTF², `DirectReconstructor.add_half_slices`) at rotations R to their
+        classes' half-set `half`; with point-group symmetry every slice is added once per group element g as R g
+        with weight 1 / |G|."""
         G = self.group
         g = G.shape[0]
+        if g > 1:
+            values, ctf2 = values.repeat_interleave(g, 0) / g, ctf2.repeat_interleave(g, 0) / g
         for c in cls.unique().tolist():
-            m = cls == c
-            sq = g ** -0.5
-            Rg = (R[m][:, None] @ G).reshape(-1, 3, 3)
-            ids = torch.full((Rg.shape[0],), half, dtype=torch.long, device=images.device)
-            self.recs[c].add(ParticleBatch(
-                images[m].repeat_interleave(g, 0) * sq, Rg, None, ctf[m].repeat_interleave(g, 0) * sq, ids, fourier=True))
+            m = (cls == c).repeat_interleave(g)
+            Rg = (R[cls == c][:, None] @ G).reshape(-1, 3, 3)
+            ids = torch.full((Rg.shape[0],), half, dtype=torch.long, device=values.device)
+            self.recs[c].add_half_slices(values[m], ctf2[m], Rg, ids)
 
     def tensors(self) -> list[torch.Tensor]:
         """Every sum, for an all-reduce across processes."""
@@ -345,21 +350,22 @@ class _Accumulator:
         return out
 
 
-def _ramp_sums(row, t, w, shifts, image, starts, box: int) -> torch.Tensor:
-    """Per group (image, class, rotation) the weighted sum of its kept shifts' phase ramps, sum_t w_t T_{+t} [G, N, N]
-    (complex), so that Y sum_t w_t T_{+t} is the sum of the translated images. Kept poses: group `row` [m], shift
-    index `t` [m] and weight `w` [m]; shifts [T, 2] shared or [n, T, 2] per image (for the n images of the chunk;
-    `image` [G] is each group's image among them, `starts` [n] the first group of each). One (batched) real matmul
-    of the dense group x shift weights with the shifts' ramps."""
+def _ramp_sums(row, t, w, shifts, image, starts, layout: SliceLayout) -> torch.Tensor:
+    """Per group (image, class, rotation) the weighted sum of its kept shifts' phase ramps, sum_t w_t T_{+t}, on
+    the half-slice pixels of `layout` [G, P] (complex): Y sum_t w_t T_{+t} is the sum of the translated images.
+    Kept poses: group `row` [m], shift index `t` [m] and weight `w` [m]; shifts [T, 2] shared or [n, T, 2] per
+    image (for the n images of the chunk; `image` [G] is each group's image among them, `starts` [n] the first
+    group of each). One (batched) real matmul of the dense group x shift weights with the shifts' ramps."""
     n_g, n_t = image.numel(), shifts.shape[-2]
     dense = torch.zeros(n_g, n_t, dtype=torch.float32, device=w.device).index_put_((row, t), w, accumulate=True)
-    ramps = torch.view_as_real(phase_ramp(shifts.to(torch.float32), box)).reshape(*shifts.shape[:-1], -1)
+    ramps = phase_ramp(shifts.to(torch.float32), layout.box).flatten(-2)[..., layout.computed]
+    ramps = torch.view_as_real(ramps).flatten(-2)  # [(n,) T, 2P]
     if shifts.dim() == 2:
-        return torch.view_as_complex((dense @ ramps).reshape(n_g, box, box, 2))
+        return torch.view_as_complex((dense @ ramps).reshape(n_g, -1, 2))
     rank = torch.arange(n_g, device=w.device) - starts[image]
     padded = torch.zeros(shifts.shape[0], int(rank.max()) + 1, n_t, dtype=torch.float32, device=w.device)
     padded[image, rank] = dense
-    return torch.view_as_complex(torch.bmm(padded, ramps)[image, rank].reshape(n_g, box, box, 2))
+    return torch.view_as_complex(torch.bmm(padded, ramps)[image, rank].reshape(n_g, -1, 2))
 
 
 def posterior_draw(sig: SignificantPoses, n_images: int, quantile: torch.Tensor) -> torch.Tensor:

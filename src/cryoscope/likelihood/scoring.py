@@ -26,7 +26,7 @@ import torch
 
 from cryoscope.errors import InvalidValueError
 from cryoscope.likelihood.noise import n_shells, shell_map
-from cryoscope.physics.projection import SliceLayout, slice_fourier_volume, slice_layout
+from cryoscope.physics.projection import SliceLayout, half_slices, slice_layout
 from cryoscope.physics.shift import phase_ramp
 
 # Upper bound on slice values held per rotation chunk (rotations x 2P reals).
@@ -86,7 +86,7 @@ def score_poses(
         out = []
         flatA = A.reshape(n * T, -1)
         for rot in rotations.split(max(1, _CHUNK_VALUES // (2 * idx.numel())), 0):
-            S = slice_fourier_volume(fvol, rot.to(real), box, cutoff).reshape(rot.shape[0], -1)[:, idx]
+            S = half_slices(fvol, rot.to(real), layout)
             cross = (flatA @ torch.cat([S.real, S.imag], -1).T).reshape(n, T, -1).transpose(1, 2)
             quad = B @ (S.abs() ** 2).T  # [n, r]
             out.append(cross - quad[..., None])
@@ -97,7 +97,7 @@ def score_poses(
     for lo in range(0, n, step):
         sl = slice(lo, min(n, lo + step))
         rot = rotations[sl].reshape(-1, 3, 3).to(real)
-        S = slice_fourier_volume(fvol, rot, box, cutoff).reshape(-1, K, box * box)[..., idx]  # [m, K, P]
+        S = half_slices(fvol, rot, layout).reshape(-1, K, idx.numel())  # [m, K, P]
         cross = torch.bmm(A[sl], torch.cat([S.real, S.imag], -1).transpose(1, 2)).transpose(1, 2)  # [m, K, T]
         quad = torch.einsum("np,nkp->nk", B[sl], S.abs() ** 2)
         out.append(cross - quad[..., None])

@@ -323,12 +323,17 @@ def slice_fourier_volume(
     rotations [n, 3, 3] RELION matrices; `cutoff` in cycles/pixel (pixels beyond it are zero);
     `kernel`: the one `fvol` was made with.
     """
-    if kernel != "trilinear":
-        return _slice_separable(fvol, rotations, box, cutoff, kernel)
     layout = slice_layout(box, cutoff, fvol.device)
+    return expand_half_slices(half_slices(fvol, rotations, layout, kernel), layout)
+
+
+def half_slices(fvol: torch.Tensor, rotations: torch.Tensor, layout: SliceLayout, kernel: str = "trilinear") -> torch.Tensor:
+    """Central slices of a `fourier_volume` on the Hermitian half of `layout` only: [n, P] (complex), the values
+    `slice_fourier_volume` puts at `layout.computed`; computed in chunks that bound the gathered neighbours."""
+    width = 2 if kernel == "trilinear" else _grid_kernel(fvol.shape[-1], layout.box, kernel)[0].width
     out = []
-    for part in _chunks(rotations.shape[0], layout.freqs.shape[0]):
-        out.append(expand_half_slices(sample_fourier_volume(fvol, rotations[part], layout.freqs, box), layout))
+    for part in _chunks(rotations.shape[0], layout.freqs.shape[0] * width**3 // 8):
+        out.append(sample_fourier_volume(fvol, rotations[part], layout.freqs, layout.box, kernel))
     return torch.cat(out, 0)
 
 
@@ -362,17 +367,6 @@ def _sample_separable(fvol: torch.Tensor, rotations: torch.Tensor, freqs: torch.
     g = (g * w[0]).sum(2)  # x
     g = (g * w[1]).sum(1)  # y
     return torch.view_as_complex((g * w[2]).sum(0).contiguous())  # z
-
-
-def _slice_separable(fvol: torch.Tensor, rotations: torch.Tensor, box: int, cutoff: float | None, kernel: str) -> torch.Tensor:
-    """`slice_fourier_volume` with a width-W separable kernel."""
-    layout = slice_layout(box, cutoff, fvol.device)
-    wd = _grid_kernel(fvol.shape[-1], box, kernel)[0].width
-    out = []
-    for part in _chunks(rotations.shape[0], layout.freqs.shape[0] * wd**3 // 8):
-        vals = _sample_separable(fvol, rotations[part], layout.freqs, box, kernel)
-        out.append(expand_half_slices(vals, layout))
-    return torch.cat(out, 0)
 
 
 def scatter_half_slices(
@@ -517,6 +511,7 @@ __all__ = [
     "sample_fourier_volume",
     "scatter_half_slices",
     "slice_coordinates",
+    "half_slices",
     "slice_fourier_volume",
     "slice_layout",
 ]

@@ -77,16 +77,21 @@ class DirectReconstructor:
             ctf2 = torch.ones(F.shape, dtype=self.dtype, device=self.device)
         else:
             ctf2 = batch.ctf.to(self.device, self.dtype) ** 2
-        half = batch.half
+        rot = batch.rotations.to(self.device, self.dtype)
+        self.add_half_slices(fold_half_slices(F, self.layout), fold_half_slices(ctf2, self.layout), rot, batch.half)
+
+    def add_half_slices(self, values: torch.Tensor, ctf2: torch.Tensor, rotations: torch.Tensor, half: torch.Tensor | None = None) -> None:
+        """Scatter folded half-slices (`self.layout`): values [n, P] (complex, CTF · F summed with its Hermitian
+        mirror, `fold_half_slices`), CTF² [n, P] folded alike, at rotations [n, 3, 3]; `half` [n] chooses the grid
+        (all to grid 0 when None)."""
         if half is not None:
             if half.min() < 0 or half.max() >= self.n_halves:
                 raise InvalidValueError(f"half-set ids must be in [0, {self.n_halves - 1}]")
             half = half.to(self.device)
             self.count += torch.bincount(half.cpu().long(), minlength=self.n_halves)
         else:
-            self.count[0] += F.shape[0]
-        rot = batch.rotations.to(self.device, self.dtype)
-        self.sums.add(fold_half_slices(F, self.layout), fold_half_slices(ctf2, self.layout), rot, self.layout, half)
+            self.count[0] += values.shape[0]
+        self.sums.add(values, ctf2, rotations.to(self.device, self.dtype), self.layout, half)
 
     def add_all(self, batches: Iterable[ParticleBatch]) -> "DirectReconstructor":
         """Stream an iterable of batches; returns self."""
