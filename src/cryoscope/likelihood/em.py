@@ -326,9 +326,9 @@ class _Accumulator:
                                gi[g] - lo, starts, layout)
             gR = rotations[gr[g]] if rotations.dim() == 3 else rotations[gi[g], gr[g]]
             c = Ch[gi[g]]
-            self._add_symmetric(Yh[gi[g]] * ramps * c, c * Ch[gi[g]] / mult * W[g, None], gR.to(torch.float32), gk[g], half)
+            self._add_symmetric(Yh[gi[g]] * ramps * c, c * c / mult * W[g, None], gR.to(torch.float32), gk[g], half)
 
-    def _add_symmetric(self, values, ctf2, R, cls, half: int) -> None:
+    def _add_symmetric(self, values: torch.Tensor, ctf2: torch.Tensor, R: torch.Tensor, cls: torch.Tensor, half: int) -> None:
         """Add folded half-slices (values and CTF², `DirectReconstructor.add_half_slices`) at rotations R to their
         classes' half-set `half`; with point-group symmetry every slice is added once per group element g as R g
         with weight 1 / |G|."""
@@ -350,7 +350,8 @@ class _Accumulator:
         return out
 
 
-def _ramp_sums(row, t, w, shifts, image, starts, layout: SliceLayout) -> torch.Tensor:
+def _ramp_sums(row: torch.Tensor, t: torch.Tensor, w: torch.Tensor, shifts: torch.Tensor, image: torch.Tensor, starts: torch.Tensor,
+               layout: SliceLayout) -> torch.Tensor:
     """Per group (image, class, rotation) the weighted sum of its kept shifts' phase ramps, sum_t w_t T_{+t}, on
     the half-slice pixels of `layout` [G, P] (complex): Y sum_t w_t T_{+t} is the sum of the translated images.
     Kept poses: group `row` [m], shift index `t` [m] and weight `w` [m]; shifts [T, 2] shared or [n, T, 2] per
