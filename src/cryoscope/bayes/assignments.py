@@ -29,7 +29,10 @@ class AssignmentStats:
 
 
 def component_logits(points: torch.Tensor, centres: torch.Tensor, log_weights: torch.Tensor, precision) -> torch.Tensor:
-    """log w_k - s |v_j - c_k|² / 2 for points [M, d], centres [K, d] -> [M, K] (the Gaussian's constant left out)."""
+    """log w_k - s |v_j - c_k|² / 2 for points [M, d] and centres [K, d], or [M, K, d] per point -> [M, K] (the
+    Gaussian's constant left out)."""
+    if centres.dim() == 3:
+        return log_weights - 0.5 * precision * ((points[:, None, :] - centres) ** 2).sum(-1)
     d2 = (points * points).sum(-1, keepdim=True) - 2 * points @ centres.T + (centres * centres).sum(-1)
     return log_weights - 0.5 * precision * d2.clamp_min(0)
 

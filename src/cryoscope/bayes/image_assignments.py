@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cryoscope.bayes.assignments import sample_split
+from cryoscope.bayes.assignments import component_logits, sample_split
 from cryoscope.fusion import fused
 from cryoscope.physics.fourier import centered_coords
 
@@ -240,7 +240,7 @@ def _add_underflowed(data, bad, centres, weights, s, norm, generator, n, sums, q
     for rows in bad.nonzero()[:, 0].split(max(1, _EXACT_BLOCK // centres.shape[1])):
         img, counts = data.image[rows], data.counts[rows]
         pts = torch.stack([grid[data.ix[rows]], grid[data.iy[rows]]], -1)  # [B, 2]
-        logits = log_w - 0.5 * s * ((pts[:, None, :] - centres[img]) ** 2).sum(-1)  # [B, K]
+        logits = component_logits(pts, centres[img], log_w, s)  # [B, K]
         lse = torch.logsumexp(logits, -1)
         z = sample_split(torch.exp(logits - lse[:, None]), counts, generator)  # [B, K]
         loglik = loglik + (counts.to(lse.dtype) * (lse + norm)).sum()

@@ -78,7 +78,7 @@ from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
 from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
 from cryoscope.validation.fsc import fsc, resolution_at, shell_frequencies
 
-# (Image, class, rotation) groups per M-step chunk (each is one N x N complex image).
+# M-step chunk: at most this many (image, class, rotation) groups, and image x shift ramps, of one half-slice each.
 _POSE_CHUNK = 2048
 
 
@@ -295,21 +295,21 @@ class _Accumulator:
         k, r, t = sig.rotation_index // n_rot, sig.rotation_index % n_rot, sig.shift_index
         self.class_weight.index_add_(0, k, sig.weight.double())
         n_img = Y.shape[0]
-        R = rotations[r] if rotations.dim() == 3 else rotations[i, r]
-        o = shifts[t] if shifts.dim() == 2 else shifts[i, t]
         C = torch.ones(n_img, self.box, self.box, device=Y.device) if C is None else C
         pick = posterior_draw(sig, n_img, quantile.to(Y.device))
         for c in k[pick].unique().tolist():
             p = pick[k[pick] == c]
-            S = slice_fourier_volume(fvols[c], R[p].to(torch.float32), self.box, self.cutoff)
-            sums, counts = shell_power_sums(translate(Y[i[p]], o[p].to(torch.float32)) - C[i[p]] * S)
+            R = rotations[r[p]] if rotations.dim() == 3 else rotations[i[p], r[p]]
+            o = shifts[t[p]] if shifts.dim() == 2 else shifts[i[p], t[p]]
+            S = slice_fourier_volume(fvols[c], R.to(torch.float32), self.box, self.cutoff)
+            sums, counts = shell_power_sums(translate(Y[i[p]], o.to(torch.float32)) - C[i[p]] * S)
             self.noise[0] += sums.double()
             self.noise[1] += counts.double()
         # data: one slice per (image, class, rotation) with its shifts folded into one weighted phase ramp; on the
         # Hermitian half of the slice (Y, C and the ramps are Hermitian: folding doubles the mirrored pixels)
         layout = self.recs[0].layout
         mult = half_multiplicity(layout).to(torch.float32)
-        Yh, Ch = Y.reshape(n_img, -1)[:, layout.computed], C.reshape(n_img, -1)[:, layout.computed] * mult
+        Yh, Ch = Y.reshape(n_img, -1)[:, layout.computed] * mult, C.reshape(n_img, -1)[:, layout.computed]
         n_cls = len(self.recs)
         uniq, gid = torch.unique((i * n_cls + k) * n_rot + r, return_inverse=True)  # groups, image-major
         gi, gk, gr = uniq // (n_cls * n_rot), (uniq // n_rot) % n_cls, uniq % n_rot
@@ -321,12 +321,10 @@ class _Accumulator:
             hi = min(n_img, lo + step)
             g = slice(first[lo], first[hi])
             sel = torch.nonzero((i >= lo) & (i < hi)).flatten()
-            starts = torch.tensor(first[lo:hi], device=Y.device) - first[lo]
-            ramps = _ramp_sums(gid[sel] - first[lo], t[sel], w[sel], shifts if shifts.dim() == 2 else shifts[lo:hi],
-                               gi[g] - lo, starts, layout)
+            ramps = _ramp_sums(gid[sel] - first[lo], t[sel], w[sel], shifts if shifts.dim() == 2 else shifts[lo:hi], gi[g] - lo, layout)
             gR = rotations[gr[g]] if rotations.dim() == 3 else rotations[gi[g], gr[g]]
             c = Ch[gi[g]]
-            self._add_symmetric(Yh[gi[g]] * ramps * c, c * c / mult * W[g, None], gR.to(torch.float32), gk[g], half)
+            self._add_symmetric(Yh[gi[g]] * ramps * c, c * c * mult * W[g, None], gR.to(torch.float32), gk[g], half)
 
     def _add_symmetric(self, values: torch.Tensor, ctf2: torch.Tensor, R: torch.Tensor, cls: torch.Tensor, half: int) -> None:
         """Add folded half-slices (values and CTF², `DirectReconstructor.add_half_slices`) at rotations R to their
@@ -350,21 +348,22 @@ class _Accumulator:
         return out
 
 
-def _ramp_sums(row: torch.Tensor, t: torch.Tensor, w: torch.Tensor, shifts: torch.Tensor, image: torch.Tensor, starts: torch.Tensor,
+def _ramp_sums(row: torch.Tensor, t: torch.Tensor, w: torch.Tensor, shifts: torch.Tensor, image: torch.Tensor,
                layout: SliceLayout) -> torch.Tensor:
     """Per group (image, class, rotation) the weighted sum of its kept shifts' phase ramps, sum_t w_t T_{+t}, on
     the half-slice pixels of `layout` [G, P] (complex): Y sum_t w_t T_{+t} is the sum of the translated images.
     Kept poses: group `row` [m], shift index `t` [m] and weight `w` [m]; shifts [T, 2] shared or [n, T, 2] per
-    image (for the n images of the chunk; `image` [G] is each group's image among them, `starts` [n] the first
-    group of each). One (batched) real matmul of the dense group x shift weights with the shifts' ramps."""
+    image (for the n images of the chunk; `image` [G], sorted, is each group's image among them). One (batched)
+    real matmul of the dense group x shift weights with the shifts' ramps."""
     n_g, n_t = image.numel(), shifts.shape[-2]
     dense = torch.zeros(n_g, n_t, dtype=torch.float32, device=w.device).index_put_((row, t), w, accumulate=True)
     ramps = phase_ramp(shifts.to(torch.float32), layout.box).flatten(-2)[..., layout.computed]
     ramps = torch.view_as_real(ramps).flatten(-2)  # [(n,) T, 2P]
     if shifts.dim() == 2:
         return torch.view_as_complex((dense @ ramps).reshape(n_g, -1, 2))
-    rank = torch.arange(n_g, device=w.device) - starts[image]
-    padded = torch.zeros(shifts.shape[0], int(rank.max()) + 1, n_t, dtype=torch.float32, device=w.device)
+    per_image = torch.bincount(image, minlength=shifts.shape[0])
+    rank = torch.arange(n_g, device=w.device) - (per_image.cumsum(0) - per_image)[image]  # position among its image's groups
+    padded = torch.zeros(shifts.shape[0], int(per_image.max()), n_t, dtype=torch.float32, device=w.device)
     padded[image, rank] = dense
     return torch.view_as_complex(torch.bmm(padded, ramps)[image, rank].reshape(n_g, -1, 2))
 
