@@ -33,7 +33,9 @@ within as many steps around its previous best shift.
 
 Classes start from one map: iteration 0 scores poses against it and assigns each particle to a random
 class (seeded) for the M-step, RELION's random-subset initialisation; a class left with no particles is
-reported (`IterationStats.empty_classes`), keeps its map and gets zero fraction.
+reported (`IterationStats.empty_classes`), keeps its map and gets zero fraction. The half-sets are classified
+independently, so each breaks the symmetry of equal starting classes with labels of its own: every M-step gives
+half-set 2's classes the labels of half-set 1's that maximise the summed correlation of their half-maps.
 
 Sharding: with a `distributed.DistContext` of world size > 1 every process handles its slice of each
 half-set and the sufficient statistics (reconstructor sums, noise sums, class weights) are all-reduced,
@@ -77,6 +79,7 @@ from cryoscope.physics.shift import phase_ramp, translate
 from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
 from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
 from cryoscope.validation.fsc import fsc, resolution_at, shell_frequencies
+from cryoscope.validation.metrics import cross_correlation
 
 # M-step chunk: at most this many (image, class, rotation) groups, and image x shift ramps, of one half-slice each.
 _POSE_CHUNK = 2048
@@ -278,7 +281,7 @@ class _Accumulator:
     def __init__(self, n_classes: int, box: int, cutoff: float, s: EMSettings, group: torch.Tensor, device: torch.device):
         self.recs = [DirectReconstructor(box, s.oversample, cutoff, n_halves=2, device=device) for _ in range(n_classes)]
         self.noise = torch.zeros(2, n_shells(box), dtype=torch.float64, device=device)
-        self.class_weight = torch.zeros(n_classes, dtype=torch.float64, device=device)
+        self.class_weight = torch.zeros(2, n_classes, dtype=torch.float64, device=device)  # per half-set
         self.group = group.to(device, torch.float32)
         self.box, self.cutoff = box, cutoff
 
@@ -293,7 +296,7 @@ class _Accumulator:
         """
         i, w = sig.image, sig.weight.to(torch.float32)
         k, r, t = sig.rotation_index // n_rot, sig.rotation_index % n_rot, sig.shift_index
-        self.class_weight.index_add_(0, k, sig.weight.double())
+        self.class_weight[half].index_add_(0, k, sig.weight.double())
         n_img = Y.shape[0]
         C = torch.ones(n_img, self.box, self.box, device=Y.device) if C is None else C
         pick = posterior_draw(sig, n_img, quantile.to(Y.device))
@@ -502,16 +505,20 @@ def _maximization(
     step: float, n_rot: int, n_shift: int, kept: float, R, t, spread_a, spread_t, cls_post,
 ) -> EMResult:
     """New maps, resolutions, noise spectrum and class fractions from the reduced sums."""
-    _K, box = len(acc.recs), acc.box
-    fractions = (acc.class_weight / acc.class_weight.sum().clamp_min(1e-30)).float().cpu()
+    box, n_cg = acc.box, s.solver_iterations
+    filled = [bool((rec.count > 0).all()) and bool((acc.class_weight[:, k] > 0).all()) for k, rec in enumerate(acc.recs)]
+    solved = [[rec.volume(h, n_iter=n_cg) if ok else None for rec, ok in zip(acc.recs, filled)] for h in (0, 1)]
+    if len(acc.recs) > 1 and all(filled):
+        perm = _matched_half_labels(solved[0], solved[1], mask)
+        cls_post = _relabel_half(acc, solved, perm, cls_post, st.half)
+    fractions = (acc.class_weight.sum(0) / acc.class_weight.sum().clamp_min(1e-30)).float().cpu()
     halves, fulls, fscs, res, empty = st.half_maps.clone(), st.maps.clone(), st.fsc_half.clone(), list(st.resolution), []
     for k, rec in enumerate(acc.recs):
-        if bool((rec.count == 0).any()) or float(fractions[k]) == 0.0:
+        if not filled[k]:
             empty.append(k)
             fractions[k] = 0.0
             continue
-        n_cg = s.solver_iterations
-        h0, h1 = rec.volume(0, n_iter=n_cg), rec.volume(1, n_iter=n_cg)
+        h0, h1 = solved[0][k], solved[1][k]
         # The FSC of these lightly regularised, unmasked half-maps is the resolution and sets the Wiener terms. Not
         # the FSC of the Wiener-filtered or masked maps: their weak shells are dominated by content common to both
         # halves (shrunk values, mask leakage of the low frequencies): measured 0.9 where this FSC and the truth
@@ -537,6 +544,36 @@ def _maximization(
         class_posterior=cls_post, rotations=R, shifts_px=t, angular_spread_deg=spread_a, shift_spread_px=spread_t,
         sigma2=sigma2, half=st.half, next_cutoff=next_cutoff, iterations_done=it + 1, history=[*st.history, stats],
     )
+
+
+def _matched_half_labels(maps0: list[torch.Tensor], maps1: list[torch.Tensor], mask: torch.Tensor) -> list[int]:
+    """perm with half-set 2's class perm[k] the same state as half-set 1's class k: the assignment maximising the
+    summed masked correlation of the half-maps [N, N, N]. The half-sets are classified independently, so when the
+    classes start equal (random-subset start) each half-set breaks the symmetry with its own labels."""
+    from scipy.optimize import linear_sum_assignment
+
+    cc = torch.stack([torch.stack([cross_correlation(a, b, mask) for b in maps1]) for a in maps0]).double().cpu()
+    rows, cols = linear_sum_assignment(-torch.nan_to_num(cc, nan=-1.0).numpy())
+    return [int(c) for _, c in sorted(zip(rows, cols))]
+
+
+def _relabel_half(acc: _Accumulator, solved: list[list[torch.Tensor]], perm: list[int], cls_post: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """Give half-set 2's class perm[k] the label k: its reconstruction sums, counts, class weight, solved map
+    (`solved[1]`, in place) and the class posteriors of its particles [n, K] (returned)."""
+    if perm == sorted(perm):
+        return cls_post
+    cells = acc.recs[0].sums.rows.shape[0] // 2
+    rows = [rec.sums.rows[cells:].clone() for rec in acc.recs]
+    counts = [int(rec.count[1]) for rec in acc.recs]
+    for k, rec in enumerate(acc.recs):
+        rec.sums.rows[cells:] = rows[perm[k]]
+        rec.count[1] = counts[perm[k]]
+    acc.class_weight[1] = acc.class_weight[1, perm]
+    solved[1][:] = [solved[1][j] for j in perm]
+    out = cls_post.clone()
+    second = half == 1
+    out[second] = cls_post[second][:, perm]
+    return out
 
 
 def _reconstructed_fsc(h0: torch.Tensor, h1: torch.Tensor, cutoff: float) -> torch.Tensor:
