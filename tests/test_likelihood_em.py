@@ -27,6 +27,7 @@ from cryoscope.physics.forward import ImageFormation
 from cryoscope.physics.fourier import centered_coords, fft2c
 from cryoscope.representations.voxel import VoxelMap
 from cryoscope.validation.fsc import fsc
+from cryoscope.validation.metrics import cross_correlation
 from cryoscope.physics.filters import lowpass
 from cryoscope.workflows.likelihood import truth_metrics
 
@@ -312,3 +313,38 @@ def test_masked_truth_fsc_compares_maps_from_any_frame_alike():
     key, masked = "map_truth_fsc_0.5_cycles_per_pixel", "map_truth_masked_fsc_0.5_cycles_per_pixel"
     assert out["lost"][key] < out["kept"][key] - 0.1
     assert abs(out["lost"][masked] - out["kept"][masked]) <= 1.0 / n
+
+
+def test_half_set_class_labels_are_matched_by_map_correlation():
+    """Half-set 2 holding the states of half-set 1's classes under a 3-cycle is relabelled by the inverse cycle:
+    its reconstruction sums, class weights, solved maps and its particles' class posteriors (a 3-cycle is not its
+    own inverse, so a permutation applied the wrong way round fails)."""
+    from cryoscope.likelihood import em
+    from cryoscope.particles import ParticleBatch
+    from cryoscope.physics.projection import project
+
+    box, n_views = 16, 60
+    g = torch.Generator().manual_seed(5)
+    states = [blob_map(box, seed, 6, torch.float32) for seed in (1, 2, 3)]
+    held = [1, 2, 0]  # half-set 2's class j holds state held[j]
+    acc = em._Accumulator(3, box, 0.5, EMSettings(), symmetry_group("C1", torch.float32), torch.device("cpu"))
+    for j, rec in enumerate(acc.recs):
+        for h, state in ((0, j), (1, held[j])):
+            R = random_rotations(n_views, generator=g).float()
+            rec.add(ParticleBatch(project(states[state], R), R, half=torch.full((n_views,), h)))
+            acc.class_weight[h, j] = state + 1.0
+    half = torch.tensor([0, 1, 1, 0])
+    posterior = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.2, 0.5, 0.3]])
+    solved = [[rec.volume(h, n_iter=20) for rec in acc.recs] for h in (0, 1)]
+    mask = soft_mask(box, 0.45 * box, 0.05 * box, ndim=3)
+    perm = em._matched_half_labels(solved[0], solved[1], mask)
+    assert perm == [2, 0, 1]
+    relabelled = em._relabel_half(acc, solved, perm, posterior, half)
+    assert torch.equal(acc.class_weight[1], acc.class_weight[0])
+    assert torch.equal(relabelled[half == 0], posterior[half == 0])
+    assert torch.equal(relabelled[half == 1], posterior[half == 1][:, perm])
+    for k, rec in enumerate(acc.recs):
+        assert int(rec.count[1]) == n_views
+        for vol in (solved[1][k], rec.volume(1, n_iter=20)):
+            cc = [float(cross_correlation(vol, s, mask)) for s in states]
+            assert max(range(3), key=cc.__getitem__) == k and cc[k] > 0.9
