@@ -552,15 +552,14 @@ def _matched_half_labels(maps0: list[torch.Tensor], maps1: list[torch.Tensor], m
     classes start equal (random-subset start) each half-set breaks the symmetry with its own labels."""
     from scipy.optimize import linear_sum_assignment
 
-    cc = torch.stack([torch.stack([cross_correlation(a, b, mask) for b in maps1]) for a in maps0]).double().cpu()
-    rows, cols = linear_sum_assignment(-torch.nan_to_num(cc, nan=-1.0).numpy())
-    return [int(c) for _, c in sorted(zip(rows, cols))]
+    cc = torch.stack([torch.stack([cross_correlation(a, b, mask) for b in maps1]) for a in maps0])
+    return linear_sum_assignment(-cc.double().cpu().numpy())[1].tolist()  # rows come back as 0..K-1
 
 
 def _relabel_half(acc: _Accumulator, solved: list[list[torch.Tensor]], perm: list[int], cls_post: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
     """Give half-set 2's class perm[k] the label k: its reconstruction sums, counts, class weight, solved map
     (`solved[1]`, in place) and the class posteriors of its particles [n, K] (returned)."""
-    if perm == sorted(perm):
+    if perm == list(range(len(perm))):
         return cls_post
     cells = acc.recs[0].sums.rows.shape[0] // 2
     rows = [rec.sums.rows[cells:].clone() for rec in acc.recs]
