@@ -60,6 +60,11 @@ def test_refine_cli_writes_maps_star_metrics_and_recovers_poses(tmp_path, states
     m = json.loads((out / "metrics.json").read_text())
     assert m["iterations"] == 3 and len(m["history"]) == 3 and m["pose_error_median_deg"] < 10.0
     assert m["map_truth_fsc_0.5_cycles_per_pixel"] > 0.25
+    # the same measures after every iteration; the last record is the final map's
+    assert [r["iteration"] for r in m["truth_history"]] == [1, 2, 3]
+    last = m["truth_history"][-1]
+    assert last["map_truth_fsc_0.5_cycles_per_pixel"] == m["map_truth_fsc_0.5_cycles_per_pixel"]
+    assert last["pose_error_median_deg"] == m["pose_error_median_deg"]
     rec = read_map(out / "map.mrc")
     assert rec.voxel_size == VOXEL and float(fsc(rec.data, read_map(states / "a.mrc").data)[1:8].mean()) > 0.8
     table = starfile.read(out / "particles.star")["particles"]
@@ -73,8 +78,9 @@ def test_refine_cli_writes_maps_star_metrics_and_recovers_poses(tmp_path, states
 def test_refine_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path, states):
     star = _simulate(tmp_path / "sim", [states / "a.mrc"], 160)
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert main(_refine_args(star, states / "start.mrc", full)) == 0
-    cmd = [sys.executable, "-m", "cryoscope", *_refine_args(star, states / "start.mrc", cut)]
+    truth = ("--reference", str(states / "a.mrc"))
+    assert main(_refine_args(star, states / "start.mrc", full, *truth)) == 0
+    cmd = [sys.executable, "-m", "cryoscope", *_refine_args(star, states / "start.mrc", cut, *truth)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (cut / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
@@ -83,13 +89,17 @@ def test_refine_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path, stat
     proc.wait()
     done = load_checkpoint(cut / "checkpoint.pt")["iteration"]
     assert done < 3 and not (cut / "map.mrc").exists()  # killed part-way
-    assert main([*_refine_args(star, states / "start.mrc", cut), "--resume"]) == 0
+    assert main([*_refine_args(star, states / "start.mrc", cut, *truth), "--resume"]) == 0
     a, b = read_map(full / "map.mrc").data, read_map(cut / "map.mrc").data
     assert torch.allclose(a, b, atol=1e-5 * float(a.abs().max()))
+    # the per-iteration records from before the kill come back from the checkpoint
+    ha, hb = (json.loads((d / "metrics.json").read_text())["truth_history"] for d in (full, cut))
+    assert [r["iteration"] for r in hb] == [1, 2, 3]
+    assert np.allclose([r["map_truth_fsc_0.5_cycles_per_pixel"] for r in ha], [r["map_truth_fsc_0.5_cycles_per_pixel"] for r in hb], atol=1e-3)
     pa, pb = starfile.read(full / "particles.star")["particles"], starfile.read(cut / "particles.star")["particles"]
     assert np.allclose(pa["rlnAngleRot"], pb["rlnAngleRot"], atol=1e-3)
     # resuming with other settings is refused
-    assert main([*_refine_args(star, states / "start.mrc", cut), "--resume", "--max-shift", "2"]) == 2
+    assert main([*_refine_args(star, states / "start.mrc", cut, *truth), "--resume", "--max-shift", "2"]) == 2
 
 
 def test_classify_cli_separates_states_and_reports_fractions(tmp_path, states):

@@ -25,7 +25,7 @@ def _command(kind: str):
         local: bool = typer.Option(False, help="Start from the STAR file's poses with local searches (no global search); the first local step is 60 / 2**(healpix_order + 1) degrees (e.g. --healpix-order 4: 1.875°)."),
         symmetry: str = typer.Option("C1", help="Point group: C1, Cn, Dn, T, O or I (RELION axes)."),
         mask_diameter: float = typer.Option(None, help="Soft spherical mask diameter, Å (default 0.9 of the box)."),
-        reference: Path = typer.Option(None, help="Ground-truth map(s) (comma-separated, one per class) to report FSC after alignment."),
+        reference: Path = typer.Option(None, help="Ground-truth map(s) (comma-separated, one per class) to report FSC after alignment (also after every iteration: truth_history in metrics.json)."),
         truth_star: Path = typer.Option(None, help="STAR file with true poses (same particle order): reports the pose error."),
         ctf: bool = typer.Option(True, help="Use the CTF (off, with a warning, when the STAR file has none)."),
         pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (when the STAR file has none)."),
@@ -49,6 +49,7 @@ def _command(kind: str):
             match_map,
             open_particles,
             read_references,
+            reference_record,
             run_em,
             write_em_outputs,
         )
@@ -81,13 +82,14 @@ def _command(kind: str):
                 raise MissingDataError("no poses to start --local from", str(star))
             prior_R = meta.rotations.float()
             prior_t = (meta.shifts_A / px).float() if meta.shifts_A is not None else meta.rotations.new_zeros(meta.n, 2).float()
-        result = run_em(particles, maps, settings, out, params, seed, resume, ctx, prior_R, prior_t, progress)
-        if not ctx.is_main:
-            return
         refs = read_references(str(reference), classes, box, px) if reference is not None else None
         true_R = read_star(truth_star).rotations if truth_star is not None else None
+        track = None if refs is None and true_R is None else (lambda st: reference_record(st, refs, true_R, px, symmetry))
+        result, tracked = run_em(particles, maps, settings, out, params, seed, resume, ctx, prior_R, prior_t, progress, track)
+        if not ctx.is_main:
+            return
         protect = tuple(p for p in (star, *paths, reference, truth_star) if p is not None)
-        metrics = write_em_outputs(result, meta, out, px, protect, refs, true_R, symmetry)
+        metrics = write_em_outputs(result, meta, out, px, protect, refs, true_R, symmetry, tracked)
         finish_run(out, params, metrics, started)
         for k, r in enumerate(result.resolution):
             frac = float(result.class_fractions[k])

@@ -62,7 +62,7 @@ def _without_poses(meta, truth: torch.Tensor, config: DemoConfig, out: Path, dev
                           global_min_step_deg=15.0)
     initial = lowpass(ab.maps[0], settings.initial_cutoff)
     params = {"command": "demo", "stage": "refine", "seed": config.simulation.seed}
-    ref = run_em(particles, initial, settings, out / "refine", params, config.simulation.seed, progress=progress)
+    ref, _ = run_em(particles, initial, settings, out / "refine", params, config.simulation.seed, progress=progress)
     m_ref = write_em_outputs(ref, meta, out / "refine", px, references=refs, true_rotations=meta.rotations)
     aligned = fsc_after_alignment(ref.map.cpu(), truth)
     oracle = read_map(out / "map.mrc").data

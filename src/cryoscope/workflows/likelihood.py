@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -112,19 +113,25 @@ def run_em(
     prior_rotations: torch.Tensor | None = None,
     prior_shifts_px: torch.Tensor | None = None,
     progress: bool = True,
-) -> EMResult:
+    track: Callable[[EMResult], dict] | None = None,
+) -> tuple[EMResult, list[dict]]:
     """EM with a checkpoint after every iteration in `out_dir`; `resume` continues from the last one.
 
     `params` (JSON-able) must equal the checkpointed run's: resuming with other settings is an error.
+    `track` (e.g. `reference_record`) is called on the main process after every iteration; its records, numbered
+    by iteration, are checkpointed with the state and returned with the result.
     """
     ckpt, saved = _checkpoint(out_dir, params, resume)
-    state = None if saved is None else from_state_dict(saved)
+    state = None if saved is None else from_state_dict({k: v for k, v in saved.items() if k != "tracked"})
+    tracked: list[dict] = [] if saved is None else list(saved.get("tracked", []))
     is_main = ctx is None or ctx.is_main
     bar = tqdm(total=settings.n_iter, initial=0 if state is None else state.iterations_done, desc="EM", unit="iter", disable=not (progress and is_main))
 
     def on_iteration(st: EMResult) -> None:
         if is_main:
-            ckpt.save(st.iterations_done, state_dict(st))
+            if track is not None:
+                tracked.append({"iteration": st.iterations_done, **track(st)})
+            ckpt.save(st.iterations_done, {**state_dict(st), "tracked": tracked})
         bar.update(1)
         bar.set_postfix(res=f"{max(st.resolution):.3f}", cutoff=f"{st.next_cutoff:.3f}")
 
@@ -132,7 +139,7 @@ def run_em(
         particles, initial_maps, settings, prior_rotations, prior_shifts_px, seed=seed, ctx=ctx, state=state, on_iteration=on_iteration,
     )
     bar.close()
-    return result
+    return result, tracked
 
 
 def run_abinitio(
@@ -226,6 +233,16 @@ def _names(k: int) -> list[str]:
     return ["map"] if k == 1 else [f"class{i + 1:03d}" for i in range(k)]
 
 
+def reference_record(
+    result: EMResult, references: torch.Tensor | None, true_rotations: torch.Tensor | None, pixel_size: float, symmetry: str = "C1",
+) -> dict:
+    """`truth_metrics` of an EM state reduced to a per-iteration record: each map's FSC crossings against its
+    reference (cycles/pixel, unmasked and masked) and the median pose errors (degrees)."""
+    m, _ = truth_metrics(dict(zip(_names(result.maps.shape[0]), result.maps)), references, result.rotations, true_rotations,
+                         pixel_size, symmetry, result.best_class)
+    return {k: v for k, v in m.items() if k.endswith(("_cycles_per_pixel", "pose_error_median_deg"))}
+
+
 def write_em_outputs(
     result: EMResult,
     meta: ParticleMetadata,
@@ -235,11 +252,13 @@ def write_em_outputs(
     references: torch.Tensor | None = None,
     true_rotations: torch.Tensor | None = None,
     symmetry: str = "C1",
+    tracked: list[dict] | None = None,
 ) -> dict:
     """Maps, half-maps, particles.star and fsc.png into `out_dir`; returns the metrics.
 
     references [K, N, N, N] (truth maps in any gauge) add the FSC against them after rigid alignment;
-    true_rotations [n, 3, 3] add the pose error after gauge alignment.
+    true_rotations [n, 3, 3] add the pose error after gauge alignment; `tracked` (`run_em`'s per-iteration
+    records) becomes `truth_history`.
     """
     from cryoscope.report.plots import plot_fsc
 
@@ -263,6 +282,8 @@ def write_em_outputs(
     curves |= c
     metrics["empty_classes"] = result.history[-1].empty_classes if result.history else []
     metrics["history"] = [vars(h) for h in result.history]
+    if tracked:
+        metrics["truth_history"] = tracked
     extra = {"rlnRandomSubset": (result.half + 1).numpy(), "cryoscopeAngularSpreadDeg": result.angular_spread_deg.numpy(),
              "cryoscopeShiftSpreadPx": result.shift_spread_px.numpy()}
     table, cols = particle_table(meta, result.rotations, result.shifts_px, result.class_posterior, pixel_size, extra)
@@ -309,6 +330,7 @@ def finish_run(out_dir: str | Path, params: dict, metrics: dict, started: float)
 
 
 __all__ = [
-    "finish_run", "match_map", "open_particles", "particle_table", "read_references", "run_abinitio", "run_em", "truth_metrics",
+    "finish_run", "match_map", "open_particles", "particle_table", "read_references", "reference_record", "run_abinitio", "run_em",
+    "truth_metrics",
     "write_abinitio_outputs", "write_em_outputs",
 ]
