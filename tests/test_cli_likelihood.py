@@ -73,6 +73,11 @@ def test_refine_cli_writes_maps_star_metrics_and_recovers_poses(tmp_path, states
     assert set(table["rlnRandomSubset"]) == {1, 2} and (table["cryoscopeAngularSpreadDeg"] >= 0).all()
     assert json.loads((out / "params.json").read_text())["seed"] == 1
     assert read_star(out / "particles.star").images()[np.arange(2)].shape == (2, BOX, BOX)  # image names still resolve
+    # continuing from it keeps its gold-standard half-sets (RELION's rlnRandomSubset), whatever the seed
+    again = tmp_path / "local"
+    assert main([*_refine_args(out / "particles.star", out / "map.mrc", again, "--local", "--iterations", "1"), "--seed", "7"]) == 0
+    assert json.loads((again / "params.json").read_text())["half_sets"] == "rlnRandomSubset"
+    assert (starfile.read(again / "particles.star")["particles"]["rlnRandomSubset"] == table["rlnRandomSubset"]).all()
 
 
 def test_refine_killed_and_resumed_ends_like_an_uninterrupted_run(tmp_path, states):

@@ -83,3 +83,47 @@ def test_align_command_writes_aligned_map(tmp_path, model, capsys):
     assert torch.allclose(torch.tensor(metrics["shift_voxels_xyz"]), -(R0.T @ s0), atol=0.5)
     # refusing to overwrite an input
     assert main(["align", str(tmp_path / "map.mrc"), str(tmp_path / "ref.mrc"), "-o", str(tmp_path / "map.mrc")]) == 2
+
+
+def test_align_command_moves_particle_poses_with_the_map(tmp_path, model, capsys):
+    """Particles imaged from MAP, with their poses moved by `align --particles`, are the images of REF at the new
+    poses; every other STAR column is kept and image paths still resolve from another folder."""
+    from cryoscope.io.metadata import ParticleMetadata
+    from cryoscope.io.mrc import write_stack
+    from cryoscope.io.star import read_star, read_star_blocks, write_star
+    from cryoscope.physics.forward import ImageFormation
+    from cryoscope.representations.voxel import VoxelMap
+
+    centres, widths = model
+    reference = _gaussians(centres, widths)
+    R0 = random_rotations(1, torch.Generator().manual_seed(22))[0]
+    moved = _gaussians(centres @ R0.T + torch.tensor([1.0, 2.0, -1.5]), widths)
+    write_map(tmp_path / "ref.mrc", reference, VOXEL)
+    write_map(tmp_path / "map.mrc", moved, VOXEL)
+    g = torch.Generator().manual_seed(23)
+    n = 16
+    A = random_rotations(n, g).double()
+    origins = (torch.rand(n, 2, generator=g, dtype=torch.float64) - 0.5) * 4
+    images = ImageFormation()(VoxelMap(moved.double(), VOXEL), A, origins_px=origins)
+    write_stack(tmp_path / "parts.mrcs", images.float(), VOXEL)
+    meta = ParticleMetadata(n=n, rotations=A, shifts_A=origins * VOXEL, pixel_size=torch.full((n,), VOXEL, dtype=torch.float64),
+                            box=N, image_names=[("parts.mrcs", i) for i in range(n)], root=tmp_path)
+    subsets = torch.arange(n) % 2 + 1
+    write_star(tmp_path / "parts.star", meta, extra={"rlnRandomSubset": subsets.numpy()})
+    (tmp_path / "out").mkdir()
+    moved_star = tmp_path / "out" / "moved.star"
+    argv = ["align", str(tmp_path / "map.mrc"), str(tmp_path / "ref.mrc"), "-o", str(tmp_path / "out" / "aligned.mrc"),
+            "--no-flip", "--particles", str(tmp_path / "parts.star"), "--particles-out", str(moved_star)]
+    assert main(argv) == 0
+    assert "moved.star" in capsys.readouterr().out
+    new = read_star(moved_star)
+    stack = new.images()
+    assert torch.equal(stack[torch.arange(n)].float(), images.float())  # image paths resolve from out/
+    assert (read_star_blocks(moved_star)["particles"]["rlnRandomSubset"].to_numpy() == subsets.numpy()).all()
+    form = ImageFormation()
+    again = form(VoxelMap(reference.double(), VOXEL), new.rotations, origins_px=new.shifts_A / VOXEL)
+    stale = form(VoxelMap(reference.double(), VOXEL), A, origins_px=origins)
+    assert (again - images).norm() / images.norm() < 0.05  # measured 0.016 (map resampling), stale poses 1.05
+    assert (stale - images).norm() / images.norm() > 0.5
+    # one without the other is refused
+    assert main(argv[:-2]) == 2

@@ -238,3 +238,35 @@ def test_failed_conversion_writes_nothing(tmp_path):
         with pytest.raises(CryoscopeError):
             write_metadata(tmp_path / out, meta)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_half_sets_survive_star_and_cs_round_trips(tmp_path):
+    """cryoSPARC's alignments3D/split (0/1) is RELION's rlnRandomSubset (1/2); both directions, both formats."""
+    from dataclasses import replace
+
+    arr = load_cs(META / "cryosparc_P12_J24_001_particles.cs")
+    a = read_cs(META / "cryosparc_P12_J24_001_particles.cs")
+    np.testing.assert_array_equal(a.random_subset.numpy(), arr["alignments3D/split"].astype(np.int64) + 1)
+    write_star(tmp_path / "o.star", a)
+    s = read_star(tmp_path / "o.star")
+    assert torch.equal(s.random_subset, a.random_subset)
+    write_cs(tmp_path / "o.cs", s)
+    np.testing.assert_array_equal(load_cs(tmp_path / "o.cs")["alignments3D/split"], arr["alignments3D/split"])
+    import starfile
+
+    relion = read_star(META / "relion31.star")
+    np.testing.assert_array_equal(relion.random_subset.numpy(), starfile.read(META / "relion31.star")["particles"]["rlnRandomSubset"].to_numpy())
+    assert read_star(PM / "empiar_10076_7.star").random_subset is None
+    with pytest.raises(InvalidValueError, match=r"rlnRandomSubset\) must be 1 or 2, got 3 \(particle 2\)"):
+        replace(s, random_subset=torch.tensor([1, 3] + [2] * (s.n - 2)))
+
+
+def test_half_sets_from_the_file_when_it_has_both():
+    from cryoscope.reconstruction.halfmaps import half_sets, random_half_sets
+
+    own = torch.tensor([1, 2, 2, 1, 2, 1, 1])
+    half, from_file = half_sets(7, 0, own)
+    assert from_file and torch.equal(half, own - 1)
+    half, from_file = half_sets(7, 4, torch.ones(7, dtype=torch.long))  # one half only: a new random split
+    assert not from_file and torch.equal(half, random_half_sets(7, 4))
+    assert torch.equal(half_sets(7, 4)[0], random_half_sets(7, 4))

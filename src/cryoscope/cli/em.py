@@ -23,6 +23,7 @@ def _command(kind: str):
         initial_lowpass: float = typer.Option(30.0, help="Low-pass of the starting map and first scoring cutoff, Å."),
         resolution_limit: float = typer.Option(None, help="Never score beyond this resolution, Å (maps are then reconstructed to Nyquist)."),
         local: bool = typer.Option(False, help="Start from the STAR file's poses with local searches (no global search); the first local step is 60 / 2**(healpix_order + 1) degrees (e.g. --healpix-order 4: 1.875°)."),
+        steps_per_sigma: float = typer.Option(1.0, help="Local grids: angular and shift steps per posterior standard deviation of the previous iteration (finer grids cost about its cube in rotations and its square in shifts)."),
         symmetry: str = typer.Option("C1", help="Point group: C1, Cn, Dn, T, O or I (RELION axes)."),
         mask_diameter: float = typer.Option(None, help="Soft spherical mask diameter, Å (default 0.9 of the box)."),
         reference: Path = typer.Option(None, help="Ground-truth map(s) (comma-separated, one per class) to report FSC after alignment (also after every iteration: truth_history in metrics.json)."),
@@ -32,7 +33,7 @@ def _command(kind: str):
         max_poses: int = typer.Option(32, help="Most poses per particle kept for the M-step in global searches (largest posteriors); local searches keep 99.9 % of the posterior mass."),
         batch_size: int = typer.Option(128, help="Images per batch."),
         resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt (same options required)."),
-        seed: int = typer.Option(0, help="Random seed (half-sets, class initialisation)."),
+        seed: int = typer.Option(0, help="Random seed (half-sets unless the STAR file has its own in rlnRandomSubset, class initialisation)."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
@@ -44,6 +45,7 @@ def _command(kind: str):
         from cryoscope.io.star import read_star
         from cryoscope.likelihood.em import EMSettings
         from cryoscope.physics.filters import lowpass
+        from cryoscope.reconstruction.halfmaps import half_sets
         from cryoscope.workflows.likelihood import (
             finish_run,
             match_map,
@@ -57,7 +59,7 @@ def _command(kind: str):
         started = time.perf_counter()
         params = {"command": kind, "star": str(star), "initial": str(initial), "classes": classes, "iterations": iterations,
                   "healpix_order": healpix_order, "global_min_step": global_min_step, "max_shift": max_shift, "shift_step": shift_step,
-                  "initial_lowpass": initial_lowpass, "resolution_limit": resolution_limit, "local": local, "symmetry": symmetry, "mask_diameter": mask_diameter,
+                  "initial_lowpass": initial_lowpass, "resolution_limit": resolution_limit, "local": local, "steps_per_sigma": steps_per_sigma, "symmetry": symmetry, "mask_diameter": mask_diameter,
                   "ctf": ctf, "pixel_size": pixel_size, "max_poses": max_poses, "batch_size": batch_size, "seed": seed}
         ctx = init_distributed(device)
         with warnings.catch_warnings(record=True) as caught:
@@ -73,7 +75,7 @@ def _command(kind: str):
         cutoff = min(0.5, px / initial_lowpass)
         settings = EMSettings(
             n_iter=iterations, healpix_order=healpix_order, global_min_step_deg=global_min_step, max_shift=max_shift, shift_step=shift_step, initial_cutoff=cutoff,
-            batch_size=batch_size, max_poses=max_poses, symmetry=symmetry, max_cutoff=0.5 if resolution_limit is None else min(0.5, px / resolution_limit), mask_radius=None if mask_diameter is None else mask_diameter / (2 * px),
+            batch_size=batch_size, max_poses=max_poses, symmetry=symmetry, steps_per_sigma=steps_per_sigma, max_cutoff=0.5 if resolution_limit is None else min(0.5, px / resolution_limit), mask_radius=None if mask_diameter is None else mask_diameter / (2 * px),
         )
         maps = lowpass(vol, cutoff).expand(classes, -1, -1, -1).clone()  # one map: classes start by random subsets
         prior_R = prior_t = None
@@ -85,7 +87,11 @@ def _command(kind: str):
         refs = read_references(str(reference), classes, box, px) if reference is not None else None
         true_R = read_star(truth_star).rotations if truth_star is not None else None
         track = None if refs is None and true_R is None else (lambda st: reference_record(st, refs, true_R, px, symmetry))
-        result, tracked = run_em(particles, maps, settings, out, params, seed, resume, ctx, prior_R, prior_t, progress, track)
+        half, from_file = half_sets(meta.n, seed, meta.random_subset)
+        params["half_sets"] = "rlnRandomSubset" if from_file else "random"
+        if from_file and ctx.is_main:
+            typer.echo(f"gold-standard half-sets from {star} (rlnRandomSubset): {int((half == 0).sum())} / {int((half == 1).sum())} particles")
+        result, tracked = run_em(particles, maps, settings, out, params, seed, resume, ctx, prior_R, prior_t, progress, track, half)
         if not ctx.is_main:
             return
         protect = tuple(p for p in (star, *paths, reference, truth_star) if p is not None)

@@ -49,6 +49,21 @@ def apply_alignment(R_est: torch.Tensor, G: torch.Tensor, flip: bool) -> torch.T
     return E @ G.to(E.dtype).expand_as(E)
 
 
+def poses_for_moved_map(
+    rotations: torch.Tensor, origins_px: torch.Tensor, R: torch.Tensor, shift: torch.Tensor, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Poses of a map moved as `validation.align.apply_map_alignment` moves it (hand flip first, then
+    V'(r) = V_src(R^T (r - s))) that reproduce the same images: rotations [n, 3, 3] -> A' = A_src R^T with A_src = A,
+    or F A F (flip); origins [n, 2] (x, y, pixels, RELION sign) -> o' = o + (A' s)_xy, shift s [3] (x, y, z) in voxels
+    of the map's voxel size, which must be the images' pixel size. Returns (rotations, origins) in the input dtypes."""
+    if rotations.shape[-2:] != (3, 3) or origins_px.shape != (*rotations.shape[:-2], 2) or R.shape != (3, 3) or shift.shape != (3,):
+        raise InvalidValueError(f"poses_for_moved_map: expected rotations [n, 3, 3], origins [n, 2], R [3, 3] and shift [3], "
+                                f"got {tuple(rotations.shape)}, {tuple(origins_px.shape)}, {tuple(R.shape)}, {tuple(shift.shape)}")
+    A = rotate_poses(hand_flip_poses(rotations) if flip else rotations, R)
+    d = (A @ shift.to(A)[:, None])[..., 0]
+    return A, origins_px + d[..., :2].to(origins_px.dtype)
+
+
 def _check_pairs(R_est: torch.Tensor, R_true: torch.Tensor) -> None:
     if R_est.ndim != 3 or R_est.shape[-2:] != (3, 3) or R_est.shape != R_true.shape:
         raise InvalidValueError(f"pose sets must both have shape [n, 3, 3], got {tuple(R_est.shape)} and {tuple(R_true.shape)}")

@@ -110,9 +110,10 @@ def read_cs(path: str | Path, pixel_size: float | None = None) -> ParticleMetada
         if key in names:
             cls = torch.tensor(np.asarray(arr[key], np.int64)) + 1
             break
+    split = torch.tensor(np.asarray(arr["alignments3D/split"], np.int64)) + 1 if "alignments3D/split" in names else None
     return ParticleMetadata(
         n=n, rotations=rotations, shifts_A=shifts, **ctf, optics_group=optics, pixel_size=px, box=box,
-        class_number=cls, image_names=image_names, root=path.parent.resolve(), source=str(path),
+        class_number=cls, random_subset=split, image_names=image_names, root=path.parent.resolve(), source=str(path),
     )  # fmt: skip
 
 
@@ -159,6 +160,8 @@ def write_cs(path: str | Path, meta: ParticleMetadata, protect: Sequence[str | P
         ]
     if meta.class_number is not None:
         cols.append(("alignments3D/class", np.dtype("<u4"), (), (meta.class_number - 1).numpy()))
+    if meta.random_subset is not None:
+        cols.append(("alignments3D/split", np.dtype("<u4"), (), (meta.random_subset - 1).numpy()))
     arr = np.zeros(n, dtype=[(name, dt, shape) for name, dt, shape, _ in cols])
     for name, _, _, values in cols:
         arr[name] = values

@@ -28,7 +28,7 @@ CTF_FIELDS = (
     "scale",
 )
 CTF_REQUIRED = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast")
-_PER_PARTICLE = ("rotations", "euler", "shifts_A", *CTF_FIELDS, "optics_group", "pixel_size", "class_number", "latent")
+_PER_PARTICLE = ("rotations", "euler", "shifts_A", *CTF_FIELDS, "optics_group", "pixel_size", "class_number", "random_subset", "latent")
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ParticleMetadata:
     rotations [n,3,3] float64 (RELION matrices), euler [n,3] (rot, tilt, psi) degrees, shifts_A [n,2]
     (RELION origin, Å), CTF: defocus_u/defocus_v Å, defocus_angle °, voltage kV, cs mm, amplitude_contrast,
     phase_shift °, bfactor Å², scale; optics_group [n] int64 (1-based), pixel_size [n] Å, box (pixels),
-    class_number [n] int64 (1-based), latent [n,d], image_names [(path, 0-based index)], root (folder that
+    class_number [n] int64 (1-based), random_subset [n] int64 (gold-standard half-set, 1 or 2), latent [n,d], image_names [(path, 0-based index)], root (folder that
     relative image paths are resolved against), source (file it was read from, for messages).
     """
 
@@ -59,6 +59,7 @@ class ParticleMetadata:
     pixel_size: torch.Tensor | None = None
     box: int | None = None
     class_number: torch.Tensor | None = None
+    random_subset: torch.Tensor | None = None
     latent: torch.Tensor | None = None
     image_names: list[tuple[str, int]] | None = None
     root: Path = field(default_factory=Path.cwd)
@@ -85,6 +86,9 @@ class ParticleMetadata:
                 raise InvalidValueError(f"{name} has a NaN/Inf value (particle {bad + 1})", self.source)
         if self.image_names is not None and len(self.image_names) != self.n:
             raise InvalidValueError(f"{len(self.image_names)} image names for {self.n} particles", self.source)
+        if self.random_subset is not None and not bool(((self.random_subset == 1) | (self.random_subset == 2)).all()):
+            bad = int(((self.random_subset != 1) & (self.random_subset != 2)).nonzero()[0, 0])
+            raise InvalidValueError(f"half-set (rlnRandomSubset) must be 1 or 2, got {int(self.random_subset[bad])} (particle {bad + 1})", self.source)
         if self.pixel_size is not None and bool((self.pixel_size <= 0).any()):
             raise InvalidValueError("pixel size must be positive", self.source)
 

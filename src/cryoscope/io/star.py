@@ -20,7 +20,7 @@ NUMERIC_COLUMNS = (
     "rlnOriginYAngst", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
     "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPhaseShift", "rlnCtfBfactor",
     "rlnCtfScalefactor", "rlnImagePixelSize", "rlnDetectorPixelSize", "rlnMagnification",
-    "rlnImageSize", "rlnOpticsGroup", "rlnClassNumber",
+    "rlnImageSize", "rlnOpticsGroup", "rlnClassNumber", "rlnRandomSubset",
 )  # fmt: skip
 MAGNIFICATION_30 = 10000.0  # RELION 3.0 output: pixel size = rlnDetectorPixelSize (µm) * 1e4 / magnification
 
@@ -175,6 +175,7 @@ def read_star(path: str | Path, pixel_size: float | None = None) -> ParticleMeta
         pixel_size=px,
         box=box,
         class_number=torch.tensor(df["rlnClassNumber"].to_numpy(np.int64)) if "rlnClassNumber" in cols else None,
+        random_subset=torch.tensor(df["rlnRandomSubset"].to_numpy(np.int64)) if "rlnRandomSubset" in cols else None,
         image_names=names,
         root=path.parent.resolve(),
         source=str(path),
@@ -190,8 +191,8 @@ def write_star(path: str | Path, meta: ParticleMetadata, version: str = "relion3
     """Write RELION 3.1+ (data_optics + data_particles, origins in Å) or RELION 3.0 (one table, origins in pixels).
 
     Optics groups are split where voltage, Cs, amplitude contrast or pixel size differ within a group.
-    `extra` adds per-particle columns (label without the leading underscore -> [n] values), e.g.
-    rlnRandomSubset or cryoscope's own posterior spreads.
+    `extra` adds (or replaces) per-particle columns (label without the leading underscore -> [n] values), e.g. new
+    half-sets (rlnRandomSubset) or cryoscope's own posterior spreads.
     """
     path = Path(path)
     if version not in ("relion30", "relion31"):
@@ -213,6 +214,8 @@ def write_star(path: str | Path, meta: ParticleMetadata, version: str = "relion3
         part["rlnCtfScalefactor"] = _np(meta.scale) if meta.scale is not None else 1.0
     if meta.class_number is not None:
         part["rlnClassNumber"] = _np(meta.class_number)
+    if meta.random_subset is not None:
+        part["rlnRandomSubset"] = _np(meta.random_subset)
     for label, values in (extra or {}).items():
         values = np.asarray(values)
         if values.shape != (meta.n,):
@@ -251,4 +254,27 @@ def write_star(path: str | Path, meta: ParticleMetadata, version: str = "relion3
         part["rlnOpticsGroup"] = group.reshape(-1) + 1
         blocks = {"optics": optics, "particles": part}
     with atomic_path(path, protect=tuple(protect)) as tmp:
+        starfile.write(blocks, tmp, overwrite=True, float_format="%.6f")
+
+
+def write_star_new_poses(source: str | Path, path: str | Path, meta: ParticleMetadata, protect: Sequence[str | Path] = ()) -> None:
+    """Copy of the particle STAR file `source` (read as `meta`) with the poses of `meta` (Euler angles, origins) in
+    place of its own; every other loop block and column is kept, image paths re-expressed relative to `path`'s folder.
+    Origins stay in the source's unit (rlnOriginX/Y in pixels for RELION 3.0 files, else rlnOrigin*Angst)."""
+    source, path = Path(source), Path(path)
+    blocks = read_star_blocks(source)
+    key = "particles" if "particles" in blocks else next(k for k, v in blocks.items() if k != "optics" and "rlnImageName" in v.columns)
+    df = blocks[key].copy()
+    if len(df) != meta.n or not meta.has_poses or meta.shifts_A is None:
+        raise InvalidValueError(f"need poses and origins for its {len(df)} particles", source)
+    e, s = _np(meta.euler), meta.shifts_A
+    df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"] = e[:, 0], e[:, 1], e[:, 2]
+    if {"rlnOriginX", "rlnOriginY"} & set(df.columns) and not {"rlnOriginXAngst", "rlnOriginYAngst"} & set(df.columns):
+        px = meta.require_pixel_size()
+        df["rlnOriginX"], df["rlnOriginY"] = _np(s[:, 0] / px), _np(s[:, 1] / px)
+    else:
+        df["rlnOriginXAngst"], df["rlnOriginYAngst"] = _np(s[:, 0]), _np(s[:, 1])
+    df["rlnImageName"] = [f"{i + 1:06d}@{p}" for p, i in meta.image_names_relative_to(path.parent)]
+    blocks[key] = df
+    with atomic_path(path, protect=(source, *protect)) as tmp:
         starfile.write(blocks, tmp, overwrite=True, float_format="%.6f")

@@ -388,11 +388,15 @@ def _noise_quantile(particles: torch.Tensor, it: int) -> torch.Tensor:
 
 
 def _initial_state(
-    particles: ParticleSource, initial_maps: torch.Tensor, s: EMSettings, seed: int, ctx: DistContext
+    particles: ParticleSource, initial_maps: torch.Tensor, s: EMSettings, seed: int, ctx: DistContext, half: torch.Tensor | None
 ) -> EMResult:
-    """Iteration-0 state: references = the initial maps in both half-sets, sigma2 = the image power spectrum."""
+    """Iteration-0 state: references = the initial maps in both half-sets (`half` [n] 0/1, or random from `seed`),
+    sigma2 = the image power spectrum."""
     n, K, box = particles.n, initial_maps.shape[0], initial_maps.shape[-1]
-    half = random_half_sets(n, seed)
+    if half is None:
+        half = random_half_sets(n, seed)
+    elif half.shape != (n,) or not bool(((half == 0) | (half == 1)).all()):
+        raise InvalidValueError(f"half-sets must be [{n}] values 0 or 1, got shape {tuple(half.shape)}")
     sums, counts = particles.power_spectrum(shard_indices(torch.arange(n), ctx), s.batch_size)
     sc = torch.stack([sums.double(), counts.double()])
     all_reduce_sum_([sc], ctx)
@@ -416,13 +420,15 @@ def expectation_maximization(
     ctx: DistContext | None = None,
     state: EMResult | None = None,
     on_iteration: Callable[[EMResult], None] | None = None,
+    half: torch.Tensor | None = None,
 ) -> EMResult:
     """Gold-standard EM of K maps from `initial_maps` [K, N, N, N] (or one map [N, N, N]) in the particles' frame.
 
     K = 1 is refinement, K > 1 classification (module docstring). prior_rotations [n, 3, 3] /
     prior_shifts_px [n, 2] (e.g. from ab-initio or a consensus refinement) replace the global search of
     iteration 0 by a local one. `state` resumes from an `EMResult` passed to `on_iteration` (e.g. loaded
-    from a checkpoint): the remaining iterations then give the same result as an uninterrupted run.
+    from a checkpoint): the remaining iterations then give the same result as an uninterrupted run. `half` [n] (0/1,
+    e.g. a STAR file's rlnRandomSubset - 1) fixes the half-sets; by default they are drawn from `seed`.
     """
     s = settings or EMSettings()
     s.validate()
@@ -433,7 +439,7 @@ def expectation_maximization(
         raise InvalidValueError(f"initial maps must be [N, N, N] or [K, N, N, N], got {tuple(initial_maps.shape)}")
     K, box = maps0.shape[0], maps0.shape[-1]
     n = particles.n
-    st = state or _initial_state(particles, maps0, s, seed, ctx)
+    st = state or _initial_state(particles, maps0, s, seed, ctx, half)
     if st.maps.shape != maps0.shape or st.half.numel() != n:
         raise InvalidValueError("the resumed state does not match these particles and maps")
     group = symmetry_group(s.symmetry, torch.float32)

@@ -1,4 +1,4 @@
-"""Random half-sets and the FSC-weighted combination of half-maps."""
+"""Gold-standard half-sets (the file's or random) and the FSC-weighted combination of half-maps."""
 
 from __future__ import annotations
 
@@ -7,6 +7,15 @@ import torch
 from cryoscope.errors import InvalidValueError
 from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
 from cryoscope.validation.fsc import fsc as fourier_shell_correlation
+
+
+def half_sets(n: int, seed: int = 0, random_subset: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+    """Half-set ids [n] (0/1) and whether they are the file's: a particle file's own half-sets (rlnRandomSubset 1/2,
+    as RELION keeps them, so a continued refinement stays gold-standard) when it has particles in both, else
+    `random_half_sets(n, seed)`."""
+    if random_subset is not None and random_subset.shape == (n,) and bool((random_subset == 1).any() and (random_subset == 2).any()):
+        return (random_subset - 1).long(), True
+    return random_half_sets(n, seed), False
 
 
 def random_half_sets(n: int, seed: int = 0) -> torch.Tensor:

@@ -114,12 +114,13 @@ def run_em(
     prior_shifts_px: torch.Tensor | None = None,
     progress: bool = True,
     track: Callable[[EMResult], dict] | None = None,
+    half: torch.Tensor | None = None,
 ) -> tuple[EMResult, list[dict]]:
     """EM with a checkpoint after every iteration in `out_dir`; `resume` continues from the last one.
 
     `params` (JSON-able) must equal the checkpointed run's: resuming with other settings is an error.
     `track` (e.g. `reference_record`) is called on the main process after every iteration; its records, numbered
-    by iteration, are checkpointed with the state and returned with the result.
+    by iteration, are checkpointed with the state and returned with the result. `half` [n] (0/1) fixes the half-sets.
     """
     ckpt, saved = _checkpoint(out_dir, params, resume)
     state = None if saved is None else from_state_dict({k: v for k, v in saved.items() if k != "tracked"})
@@ -137,6 +138,7 @@ def run_em(
 
     result = expectation_maximization(
         particles, initial_maps, settings, prior_rotations, prior_shifts_px, seed=seed, ctx=ctx, state=state, on_iteration=on_iteration,
+        half=half,
     )
     bar.close()
     return result, tracked

@@ -13,7 +13,7 @@ from cryoscope.io.metadata import ParticleMetadata
 from cryoscope.io.mrc import write_map
 from cryoscope.particles import iter_batches
 from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
-from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
+from cryoscope.reconstruction.halfmaps import fsc_weighted_average, half_sets
 from cryoscope.reconstruction.iterative import reconstruct_cg
 from cryoscope.validation.fsc import fsc, resolution_at
 
@@ -73,7 +73,7 @@ def reconstruct_known_poses(
     tikhonov: float = 0.0,
     progress: bool = True,
 ) -> Reconstruction:
-    """Reconstruct two random half-sets (seeded) with `solver` 'direct' (Wiener) or 'cg' (least squares).
+    """Reconstruct two half-sets (the STAR file's rlnRandomSubset, else random from `seed`) with `solver` 'direct' (Wiener) or 'cg' (least squares).
 
     The final map is the half-map average filtered by sqrt(2 FSC / (1 + FSC)). `reference` [N, N, N]
     (same frame and voxel size, e.g. the simulation's truth) adds the FSC against it to the metrics.
@@ -82,7 +82,7 @@ def reconstruct_known_poses(
         raise InvalidValueError(f"unknown solver {solver!r} (direct or cg)")
     device = torch.device(device)
     voxel = float(meta.require_pixel_size()[0])
-    half = random_half_sets(meta.n, seed)
+    half, from_file = half_sets(meta.n, seed, meta.random_subset)
     if solver == "direct":
         h1, h2 = _direct_half_maps(meta, stack, half, batch_size, device, use_ctf, n_wiener, progress)
     else:
@@ -90,7 +90,8 @@ def reconstruct_known_poses(
     h1, h2 = h1.cpu(), h2.cpu()
     final, f_half = fsc_weighted_average(h1, h2)
     box = h1.shape[-1]
-    metrics = {"n_particles": meta.n, "box": box, "voxel_size_A": voxel, "solver": solver}
+    metrics = {"n_particles": meta.n, "box": box, "voxel_size_A": voxel, "solver": solver,
+               "half_sets": "rlnRandomSubset" if from_file else "random"}
     for thr in (0.143, 0.5):
         cyc, ang = resolution_at(f_half, thr, box, voxel)
         metrics[f"halfmap_fsc_{thr}_cycles_per_pixel"], metrics[f"halfmap_fsc_{thr}_A"] = cyc, ang
