@@ -54,8 +54,8 @@ def poses_for_moved_map(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Poses of a map moved as `validation.align.apply_map_alignment` moves it (hand flip first, then
     V'(r) = V_src(R^T (r - s))) that reproduce the same images: rotations [n, 3, 3] -> A' = A_src R^T with A_src = A,
-    or F A F (flip); origins [n, 2] (x, y, pixels, RELION sign) -> o' = o + (A' s)_xy, shift s [3] (x, y, z) in voxels
-    of the map's voxel size, which must be the images' pixel size. Returns (rotations, origins) in the input dtypes."""
+    or F A F (flip); origins [n, 2] (x, y, RELION sign) -> o' = o + (A' s)_xy, with the shift s [3] (x, y, z) in the
+    origins' unit (pixels of the same size, or Å). Returns (rotations, origins) in the input dtypes."""
     if rotations.shape[-2:] != (3, 3) or origins_px.shape != (*rotations.shape[:-2], 2) or R.shape != (3, 3) or shift.shape != (3,):
         raise InvalidValueError(f"poses_for_moved_map: expected rotations [n, 3, 3], origins [n, 2], R [3, 3] and shift [3], "
                                 f"got {tuple(rotations.shape)}, {tuple(origins_px.shape)}, {tuple(R.shape)}, {tuple(shift.shape)}")
