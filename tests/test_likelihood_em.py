@@ -348,3 +348,22 @@ def test_half_set_class_labels_are_matched_by_map_correlation():
         for vol in (solved[1][k], rec.volume(1, n_iter=20)):
             cc = [float(cross_correlation(vol, s, mask)) for s in states]
             assert max(range(3), key=cc.__getitem__) == k and cc[k] > 0.9
+
+
+def test_prior_sigma_sizes_the_first_local_search_from_prior_poses():
+    """RELION's --sigma_ang: from prior poses whose errors have per-axis sigma 3°, the first local grid reaches
+    3 sigma in steps of sigma, wide enough for poses 7° off, which the scheduled grid (a ball of 3.75°) cannot reach."""
+    truth = blob_map(BOX, 0, 16, torch.float32)
+    particles, R, origins, _ = simulate([truth], 16, 20.0, seed=6)
+    axis = torch.nn.functional.normalize(torch.randn(16, 3, generator=torch.Generator().manual_seed(7)), dim=-1)
+    from cryoscope.geometry.rotations import axis_angle_to_matrix
+
+    off = R @ axis_angle_to_matrix(axis * math.radians(7.0)).float()  # every prior pose 7° from the truth
+    runs = {}
+    for sigma in (0.0, 3.0):
+        s = EMSettings(n_iter=1, healpix_order=4, initial_cutoff=0.3, prior_sigma_deg=sigma)
+        runs[sigma] = refine(particles, truth, s, prior_rotations=off, prior_shifts_px=origins)
+    assert runs[3.0].history[0].angular_step_deg == pytest.approx(3.0)
+    assert runs[0.0].history[0].angular_step_deg == pytest.approx(1.875)
+    err = {k: float(pose_error(r.rotations, R, align=False).median()) for k, r in runs.items()}
+    assert err[3.0] < 2.5 and err[0.0] > 3.0

@@ -23,6 +23,7 @@ def _command(kind: str):
         initial_lowpass: float = typer.Option(30.0, help="Low-pass of the starting map and first scoring cutoff, Å."),
         resolution_limit: float = typer.Option(None, help="Never score beyond this resolution, Å (maps are then reconstructed to Nyquist)."),
         local: bool = typer.Option(False, help="Start from the STAR file's poses with local searches (no global search); the first local step is 60 / 2**(healpix_order + 1) degrees (e.g. --healpix-order 4: 1.875°)."),
+        sigma_ang: float = typer.Option(0.0, help="With --local: standard deviation (degrees, per axis) of the STAR file's angular errors; the first local search then reaches 3 of them in steps of one (RELION's --sigma_ang; 0: 2 steps of the --healpix-order grid)."),
         steps_per_sigma: float = typer.Option(1.0, help="Local grids: angular and shift steps per posterior standard deviation of the previous iteration (finer grids cost about its cube in rotations and its square in shifts)."),
         symmetry: str = typer.Option("C1", help="Point group: C1, Cn, Dn, T, O or I (RELION axes)."),
         mask_diameter: float = typer.Option(None, help="Soft spherical mask diameter, Å (default 0.9 of the box)."),
@@ -59,7 +60,7 @@ def _command(kind: str):
         started = time.perf_counter()
         params = {"command": kind, "star": str(star), "initial": str(initial), "classes": classes, "iterations": iterations,
                   "healpix_order": healpix_order, "global_min_step": global_min_step, "max_shift": max_shift, "shift_step": shift_step,
-                  "initial_lowpass": initial_lowpass, "resolution_limit": resolution_limit, "local": local, "steps_per_sigma": steps_per_sigma, "symmetry": symmetry, "mask_diameter": mask_diameter,
+                  "initial_lowpass": initial_lowpass, "resolution_limit": resolution_limit, "local": local, "sigma_ang": sigma_ang, "steps_per_sigma": steps_per_sigma, "symmetry": symmetry, "mask_diameter": mask_diameter,
                   "ctf": ctf, "pixel_size": pixel_size, "max_poses": max_poses, "batch_size": batch_size, "seed": seed}
         ctx = init_distributed(device)
         with warnings.catch_warnings(record=True) as caught:
@@ -75,10 +76,12 @@ def _command(kind: str):
         cutoff = min(0.5, px / initial_lowpass)
         settings = EMSettings(
             n_iter=iterations, healpix_order=healpix_order, global_min_step_deg=global_min_step, max_shift=max_shift, shift_step=shift_step, initial_cutoff=cutoff,
-            batch_size=batch_size, max_poses=max_poses, symmetry=symmetry, steps_per_sigma=steps_per_sigma, max_cutoff=0.5 if resolution_limit is None else min(0.5, px / resolution_limit), mask_radius=None if mask_diameter is None else mask_diameter / (2 * px),
+            batch_size=batch_size, max_poses=max_poses, symmetry=symmetry, steps_per_sigma=steps_per_sigma, prior_sigma_deg=sigma_ang, max_cutoff=0.5 if resolution_limit is None else min(0.5, px / resolution_limit), mask_radius=None if mask_diameter is None else mask_diameter / (2 * px),
         )
         maps = lowpass(vol, cutoff).expand(classes, -1, -1, -1).clone()  # one map: classes start by random subsets
         prior_R = prior_t = None
+        if sigma_ang and not local:
+            raise InvalidValueError("--sigma-ang sizes the local search around the STAR file's poses: it needs --local")
         if local:
             if not meta.has_poses:
                 raise MissingDataError("no poses to start --local from", str(star))

@@ -98,7 +98,8 @@ class EMSettings:
     `local_sigmas` sigma from the previous pose, in steps no finer than sigma / `steps_per_sigma` (a window that
     truncates the posterior turns the M-step into near-hard assignment and costs resolution: measured on 10,000
     ribosome particles at SNR 0.05, a ±1° window around poses with sigma ~1.1° took the masked FSC 0.5 vs truth
-    from 0.266 to 0.233 in two iterations); initial_cutoff: first scoring cutoff (and the lowest ever used); score_margin_shells:
+    from 0.266 to 0.233 in two iterations); prior_sigma_deg: per-axis sigma of the prior poses' error (RELION's
+    --sigma_ang), which sizes the first local grid from prior poses the same way (0: the scheduled grid); initial_cutoff: first scoring cutoff (and the lowest ever used); score_margin_shells:
     shells beyond the half-map FSC resolution that the next iteration scores (RELION's incr_size: the Wiener-filtered
     references still carry pose information there); march_shells: shells beyond the scoring cutoff that the
     reconstructions keep; rel_threshold / mass / max_poses: pruning of
@@ -119,6 +120,7 @@ class EMSettings:
     min_shift_step: float = 0.1
     local_sigmas: float = 3.0
     steps_per_sigma: float = 1.0
+    prior_sigma_deg: float = 0.0
     score_margin_shells: int = 3
     march_shells: int = 4
     fsc_threshold: float = 0.143
@@ -140,11 +142,12 @@ class EMSettings:
                 f"got {self.initial_cutoff}, {self.n_iter}, {self.batch_size}"
             )
         if not (self.min_angular_step_deg > 0 and self.global_min_step_deg > 0 and self.min_shift_step > 0 and self.score_margin_shells >= 0
-                and self.local_sigmas >= 0 and self.steps_per_sigma > 0):
+                and self.local_sigmas >= 0 and self.steps_per_sigma > 0 and self.prior_sigma_deg >= 0):
             raise InvalidValueError(
                 f"need positive steps and a non-negative score margin, got min_angular_step_deg={self.min_angular_step_deg}, "
                 f"global_min_step_deg={self.global_min_step_deg}, min_shift_step={self.min_shift_step}, "
-                f"score_margin_shells={self.score_margin_shells}, local_sigmas={self.local_sigmas}, steps_per_sigma={self.steps_per_sigma}"
+                f"score_margin_shells={self.score_margin_shells}, local_sigmas={self.local_sigmas}, steps_per_sigma={self.steps_per_sigma}, "
+                f"prior_sigma_deg={self.prior_sigma_deg}"
             )
         symmetry_group(self.symmetry)
 
@@ -456,7 +459,7 @@ def expectation_maximization(
         # posterior widths size the local grids only after a local iteration: a global one's spreads include the
         # distant modes of ambiguous particles (measured: 0.9-quantile 32° after a 15° search, median 9°)
         local_before = it > 0 and not _is_global(it - 1, s, have_prior)
-        sigma_deg = _axis_sigma(st.angular_spread_deg, 3) if local_before else 0.0
+        sigma_deg = _axis_sigma(st.angular_spread_deg, 3) if local_before else s.prior_sigma_deg if have_prior and it == 0 else 0.0
         sigma_px = _axis_sigma(st.shift_spread_px, 2) if local_before else 0.0
         build, step, n_rot, n_shift, inplane = _search_grids(it, prev_R, prev_t, s, device, have_prior, sigma_deg, sigma_px)
         cutoff = st.next_cutoff
