@@ -73,6 +73,9 @@ def test_refine_cli_writes_maps_star_metrics_and_recovers_poses(tmp_path, states
     assert set(table["rlnRandomSubset"]) == {1, 2} and (table["cryoscopeAngularSpreadDeg"] >= 0).all()
     assert json.loads((out / "params.json").read_text())["seed"] == 1
     assert read_star(out / "particles.star").images()[np.arange(2)].shape == (2, BOX, BOX)  # image names still resolve
+    # RELION's *_unfil half-maps for post-processing: unmasked, so their corners keep the noise the references lose
+    unfil, masked = read_map(out / "half_map1_unfil.mrc").data, read_map(out / "half_map1.mrc").data
+    assert float(unfil[0, 0, 0]) != 0.0 and float(masked[0, 0, 0]) == 0.0
     # continuing from it keeps its gold-standard half-sets (RELION's rlnRandomSubset), whatever the seed
     again = tmp_path / "local"
     assert main([*_refine_args(out / "particles.star", out / "map.mrc", again, "--local", "--iterations", "1"), "--seed", "7"]) == 0

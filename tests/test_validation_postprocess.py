@@ -83,6 +83,8 @@ def test_postprocess_sharpens_toward_the_unblurred_structure():
     assert 1 - cc(out.sharpened) < 0.8 * (1 - cc(0.5 * (h1 + h2)))  # measured 0.029 against 0.046
     given = postprocess(h1, h2, mask, VOXEL, bfactor=-50.0, generator=torch.Generator().manual_seed(7))
     assert given.bfactor_applied == -50.0 and torch.equal(given.fsc_corrected, out.fsc_corrected)
+    unfit = postprocess(h1, h2, mask, VOXEL, fit_from=VOXEL / out.resolution_0143 - 0.1, generator=torch.Generator().manual_seed(7))
+    assert unfit.bfactor_fitted is None and unfit.bfactor_applied == 0.0  # no Guinier range: nothing applied
 
 
 def test_postprocess_command_writes_maps_curves_and_metrics(tmp_path, capsys):

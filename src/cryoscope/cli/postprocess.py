@@ -12,7 +12,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("postprocess")
     def postprocess_command(
-        half1: Path = typer.Argument(..., help="Half-map 1 (MRC)"),
+        half1: Path = typer.Argument(..., help="Half-map 1 (MRC), unfiltered (e.g. half_map1_unfil.mrc from refine)"),
         half2: Path = typer.Argument(..., help="Half-map 2 (MRC) of the same box and voxel size"),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)"),
         mask: Path = typer.Option(None, "--mask", help="Soft solvent mask (MRC, values in [0, 1]); default: a soft sphere of 0.9 of the box"),
@@ -62,6 +62,8 @@ def register(app: typer.Typer) -> None:
         })
         for line in lines:
             typer.echo(f"corrected {line}")
-        fitted = "no fit" if result.bfactor_fitted is None else f"fitted {result.bfactor_fitted:.1f} Å²"
+        res_a = vs / result.resolution_0143 if result.resolution_0143 > 0 else float("inf")
+        fitted = (f"no fit (fewer than 3 shells between --fit-from {fit_from:g} Å and {res_a:.2f} Å)" if result.bfactor_fitted is None
+                  else f"fitted {result.bfactor_fitted:.1f} Å²")
         typer.echo(f"B-factor: {fitted}, applied {result.bfactor_applied:.1f} Å²")
         typer.echo(f"wrote {out / 'postprocess.mrc'}, {out / 'postprocess_masked.mrc'}, {out / 'fsc.png'}")

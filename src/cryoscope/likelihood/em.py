@@ -177,7 +177,9 @@ class EMResult:
     fsc_half [K, N // 2 + 1]; resolution: per class (cycles/pixel); class_fractions [K];
     class_posterior [n, K]; per particle: rotations [n, 3, 3] and origins shifts_px [n, 2] (x, y, pixels)
     of the best pose, posterior spreads (degrees, pixels), best class; noise spectrum sigma2 [N // 2 + 1];
-    half-set ids [n]; scoring cutoff of the next iteration; iterations done; history.
+    half-set ids [n]; scoring cutoff of the next iteration; iterations done; history; unfiltered_half_maps
+    [2, K, N, N, N]: the same half-maps lightly regularised, unmasked (RELION's *_unfil: what post-processing needs;
+    None before the first M-step).
     """
 
     maps: torch.Tensor
@@ -195,6 +197,7 @@ class EMResult:
     next_cutoff: float
     iterations_done: int
     history: list[IterationStats] = field(default_factory=list)
+    unfiltered_half_maps: torch.Tensor | None = None
 
     @property
     def map(self) -> torch.Tensor:
@@ -522,12 +525,14 @@ def _maximization(
         cls_post = _relabel_half(acc, solved, perm, cls_post, st.half)
     fractions = (acc.class_weight.sum(0) / acc.class_weight.sum().clamp_min(1e-30)).float().cpu()
     halves, fulls, fscs, res, empty = st.half_maps.clone(), st.maps.clone(), st.fsc_half.clone(), list(st.resolution), []
+    unfiltered = halves.clone() if st.unfiltered_half_maps is None else st.unfiltered_half_maps.clone()
     for k, rec in enumerate(acc.recs):
         if not filled[k]:
             empty.append(k)
             fractions[k] = 0.0
             continue
         h0, h1 = solved[0][k], solved[1][k]
+        unfiltered[0, k], unfiltered[1, k] = h0, h1
         # The FSC of these lightly regularised, unmasked half-maps is the resolution and sets the Wiener terms. Not
         # the FSC of the Wiener-filtered or masked maps: their weak shells are dominated by content common to both
         # halves (shrunk values, mask leakage of the low frequencies): measured 0.9 where this FSC and the truth
@@ -552,6 +557,7 @@ def _maximization(
         maps=fulls, half_maps=halves, fsc_half=fscs, resolution=res, class_fractions=fractions,
         class_posterior=cls_post, rotations=R, shifts_px=t, angular_spread_deg=spread_a, shift_spread_px=spread_t,
         sigma2=sigma2, half=st.half, next_cutoff=next_cutoff, iterations_done=it + 1, history=[*st.history, stats],
+        unfiltered_half_maps=unfiltered,
     )
 
 

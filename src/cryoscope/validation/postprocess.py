@@ -16,7 +16,6 @@ phase randomisation, the Guinier B-factor and the sharpened, FSC-weighted map.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -113,7 +112,8 @@ def postprocess(
     fit_from: float = 10.0, randomize_at: float = 0.8, generator: torch.Generator | None = None,
 ) -> PostProcessed:
     """Mask-corrected FSC, Guinier B-factor (or the given `bfactor`, Å², negative to sharpen) and the sharpened map of
-    two half-maps [N, N, N] with a soft `mask` in [0, 1]."""
+    two half-maps [N, N, N] with a soft `mask` in [0, 1]. Without 3 shells between `fit_from` and the resolution there
+    is no fit, and no B-factor is applied unless one is given."""
     if half1.shape != half2.shape or mask.shape != half1.shape or half1.dim() != 3 or len(set(half1.shape)) != 1:
         raise InvalidValueError(f"half-maps and mask must be cubic of one shape, got {tuple(half1.shape)}, {tuple(half2.shape)}, {tuple(mask.shape)}")
     h1, h2, m = half1.double(), half2.double(), mask.double()
@@ -123,12 +123,7 @@ def postprocess(
     full = 0.5 * (h1 + h2)
     fitted = guinier_bfactor(full * m, voxel_size, fit_from, voxel_size / res) if res > 0 else None
     if bfactor is None:
-        if fitted is None:
-            raise InvalidValueError(
-                f"too few shells between {fit_from:g} Å and the resolution ({voxel_size / res if res > 0 else math.inf:.2f} Å) "
-                "to fit a B-factor: give one with --bfactor"
-            )
-        bfactor = -fitted
+        bfactor = 0.0 if fitted is None else -fitted
     sharpened = sharpen(full, voxel_size, bfactor, fsc_weighting(corrected), res)
     return PostProcessed(
         unmasked, masked, randomized, corrected, shell, res, resolution_at(corrected, 0.5, n)[0], fitted, bfactor,

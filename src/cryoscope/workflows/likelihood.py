@@ -272,7 +272,10 @@ def write_em_outputs(
     for k, name in enumerate(names):
         write_map(out / f"{name}.mrc", result.maps[k], pixel_size, protect)
         for h in (0, 1):
-            write_map(out / (f"half_map{h + 1}.mrc" if K == 1 else f"{name}_half{h + 1}.mrc"), result.half_maps[h, k], pixel_size, protect)
+            half_name = f"half_map{h + 1}" if K == 1 else f"{name}_half{h + 1}"
+            write_map(out / f"{half_name}.mrc", result.half_maps[h, k], pixel_size, protect)
+            if result.unfiltered_half_maps is not None:
+                write_map(out / f"{half_name}_unfil.mrc", result.unfiltered_half_maps[h, k], pixel_size, protect)
         cyc = result.resolution[k]
         metrics[f"{name}_halfmap_fsc_0.143_cycles_per_pixel"] = cyc
         metrics[f"{name}_halfmap_fsc_0.143_A"] = pixel_size / cyc if cyc > 0 else math.inf

@@ -20,7 +20,8 @@ from cryoscope.validation.fsc import fsc, resolution_at
 
 @dataclass
 class Reconstruction:
-    """Half-maps, the FSC-weighted map, the half-map FSC and (with a reference) the FSC against it."""
+    """Half-maps, the FSC-weighted map, the half-map FSC and (with a reference) the FSC against it; `unfiltered`: the
+    half-maps before the Wiener filter (RELION's *_unfil, for post-processing; the least-squares solver's are its own)."""
 
     half1: torch.Tensor
     half2: torch.Tensor
@@ -28,6 +29,7 @@ class Reconstruction:
     fsc_half: torch.Tensor
     voxel_size: float
     fsc_truth: torch.Tensor | None = None
+    unfiltered: tuple[torch.Tensor, torch.Tensor] | None = None
     metrics: dict = field(default_factory=dict)
 
 
@@ -38,12 +40,13 @@ def _direct_half_maps(meta, stack, half, batch_size, device, use_ctf, n_wiener: 
     for batch in tqdm(batches, total=-(-meta.n // batch_size), desc="backproject", unit="batch", disable=not progress):
         rec.add(batch)
     h1, h2 = rec.volume(0), rec.volume(1)
+    unfiltered = (h1, h2)
     # RELION-style Wiener filter: the per-shell regulariser comes from the half-map FSC (SSNR = FSC / (1 - FSC)).
     for _ in range(n_wiener):
         f = fsc(h1, h2)
         h1 = rec.volume(0, reg=reg_from_fsc(f, rec.shell_weights(0)))
         h2 = rec.volume(1, reg=reg_from_fsc(f, rec.shell_weights(1)))
-    return h1, h2
+    return h1, h2, unfiltered
 
 
 def _cg_half_maps(meta, stack, half, batch_size, device, use_ctf, n_iter: int, tikhonov: float):
@@ -84,9 +87,9 @@ def reconstruct_known_poses(
     voxel = float(meta.require_pixel_size()[0])
     half, from_file = half_sets(meta.n, seed, meta.random_subset)
     if solver == "direct":
-        h1, h2 = _direct_half_maps(meta, stack, half, batch_size, device, use_ctf, n_wiener, progress)
+        h1, h2, (u1, u2) = _direct_half_maps(meta, stack, half, batch_size, device, use_ctf, n_wiener, progress)
     else:
-        h1, h2 = _cg_half_maps(meta, stack, half, batch_size, device, use_ctf, cg_iterations, tikhonov)
+        h1, h2 = u1, u2 = _cg_half_maps(meta, stack, half, batch_size, device, use_ctf, cg_iterations, tikhonov)
     h1, h2 = h1.cpu(), h2.cpu()
     final, f_half = fsc_weighted_average(h1, h2)
     box = h1.shape[-1]
@@ -103,11 +106,12 @@ def reconstruct_known_poses(
         for thr in (0.5, 0.143):
             cyc, ang = resolution_at(f_truth, thr, box, voxel)
             metrics[f"truth_fsc_{thr}_cycles_per_pixel"], metrics[f"truth_fsc_{thr}_A"] = cyc, ang
-    return Reconstruction(h1, h2, final, f_half, voxel, f_truth, metrics)
+    return Reconstruction(h1, h2, final, f_half, voxel, f_truth, metrics=metrics, unfiltered=(u1.cpu(), u2.cpu()))
 
 
 def write_reconstruction(result: Reconstruction, out_dir: str | Path, protect: tuple = ()) -> dict[str, Path]:
-    """Write half_map1.mrc, half_map2.mrc, map.mrc and fsc.png into `out_dir`; returns their paths."""
+    """Write half_map1.mrc, half_map2.mrc (and their *_unfil.mrc), map.mrc and fsc.png into `out_dir`; returns their
+    paths."""
     from cryoscope.report.plots import plot_fsc
 
     out = Path(out_dir)
@@ -116,6 +120,9 @@ def write_reconstruction(result: Reconstruction, out_dir: str | Path, protect: t
     write_map(paths["half_map1"], result.half1, result.voxel_size, protect)
     write_map(paths["half_map2"], result.half2, result.voxel_size, protect)
     write_map(paths["map"], result.final, result.voxel_size, protect)
+    for k, half in enumerate(result.unfiltered or ()):
+        paths[f"half_map{k + 1}_unfil"] = out / f"half_map{k + 1}_unfil.mrc"
+        write_map(paths[f"half_map{k + 1}_unfil"], half, result.voxel_size, protect)
     curves = {"half-maps": result.fsc_half}
     if result.fsc_truth is not None:
         curves["map vs truth"] = result.fsc_truth
