@@ -87,12 +87,18 @@ def test_postprocess_sharpens_toward_the_unblurred_structure():
     assert unfit.bfactor_fitted is None and unfit.bfactor_applied == 0.0  # no Guinier range: nothing applied
 
 
-def test_postprocess_command_writes_maps_curves_and_metrics(tmp_path, capsys):
+def test_mask_and_postprocess_commands_write_maps_curves_and_metrics(tmp_path, capsys):
     g = torch.Generator().manual_seed(8)
     truth = sharpen(_atoms(2000, 9), VOXEL, 150.0, torch.ones(N // 2 + 1, dtype=D), 0.5)
     for k in (1, 2):
         write_map(tmp_path / f"half{k}.mrc", (truth + 0.5 * float(truth.std()) * torch.randn(N, N, N, generator=g, dtype=D)).float(), VOXEL)
-    write_map(tmp_path / "mask.mrc", soft_mask(N, N / 4 + 3, edge_width=4, ndim=3), VOXEL)
+    write_map(tmp_path / "truth.mrc", truth.float(), VOXEL)
+    assert main(["mask", str(tmp_path / "truth.mrc"), "-o", str(tmp_path / "mask.mrc"), "--extend", "2", "--soft-edge", "4"]) == 0
+    mask = read_map(tmp_path / "mask.mrc").data
+    assert float(mask[N // 2, N // 2, N // 2]) == 1.0 and float(mask[0, 0, 0]) == 0.0 and float(mask.min()) >= 0.0
+    assert bool(((mask > 0.05) & (mask < 0.95)).any())  # a soft edge
+    assert main(["mask", str(tmp_path / "truth.mrc"), "-o", str(tmp_path / "none.mrc"), "--threshold", "1e9"]) == 2
+    assert "truth.mrc" in capsys.readouterr().err and not (tmp_path / "none.mrc").exists()
     out = tmp_path / "post"
     args = ["postprocess", str(tmp_path / "half1.mrc"), str(tmp_path / "half2.mrc"), "-o", str(out), "--seed", "3"]
     assert main([*args, "--mask", str(tmp_path / "mask.mrc")]) == 0
