@@ -192,3 +192,18 @@ def test_abinitio_then_refine_without_poses(tmp_path, states):
     # no true poses anywhere: the map and the poses agree with the truth after gauge (and hand) alignment
     assert m["map_truth_fsc_0.5_cycles_per_pixel"] >= max(0.2, m_ab["map_truth_fsc_0.5_cycles_per_pixel"] - 0.02)
     assert m["pose_error_median_deg"] < 10.0
+
+
+def test_refine_reads_a_cryosparc_cs_file_and_keeps_its_split(tmp_path, states):
+    """A cryoSPARC user's .cs goes straight in; its alignments3D/split are the gold-standard half-sets."""
+    from cryoscope.io.cryosparc import write_cs
+
+    star = _simulate(tmp_path / "sim", [states / "a.mrc"], 60)
+    meta = read_star(star)
+    split = torch.arange(60) % 2 + 1
+    meta.random_subset = split
+    write_cs(tmp_path / "sim" / "particles.cs", meta)
+    out = tmp_path / "ref"
+    assert main([*_refine_args(tmp_path / "sim" / "particles.cs", states / "start.mrc", out), "--iterations", "1"]) == 0
+    assert json.loads((out / "params.json").read_text())["half_sets"] == "rlnRandomSubset"
+    assert (starfile.read(out / "particles.star")["particles"]["rlnRandomSubset"].to_numpy() == split.numpy()).all()

@@ -12,7 +12,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("abinitio")
     def abinitio_cmd(
-        star: Path = typer.Argument(..., help="Particles STAR file (poses, if any, are ignored)."),
+        star: Path = typer.Argument(..., help="Particles STAR file, or cryoSPARC .cs (poses, if any, are ignored)."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
         classes: int = typer.Option(1, "--classes", "-K", help="Number of maps (classes) built at once."),
         iterations: int = typer.Option(200, help="Minibatch iterations."),

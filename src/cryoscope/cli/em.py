@@ -11,7 +11,7 @@ import typer
 
 def _command(kind: str):
     def command(
-        star: Path = typer.Argument(..., help="Particles STAR file (poses, if any, are not used unless --local)."),
+        star: Path = typer.Argument(..., help="Particles STAR file, or cryoSPARC .cs (poses, if any, are not used unless --local)."),
         initial: str = typer.Option(..., "--initial", "-i", help="Starting map, or one per class comma-separated (e.g. from abinitio -K); resampled to the particles' pixel size."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
         classes: int = typer.Option(1 if kind == "refine" else 2, "--classes", "-K", help="Number of classes.", hidden=kind == "refine"),

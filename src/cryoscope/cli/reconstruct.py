@@ -10,7 +10,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("reconstruct")
     def reconstruct_cmd(
-        star: Path = typer.Argument(..., help="Particles STAR file with poses (and CTF)."),
+        star: Path = typer.Argument(..., help="Particles STAR file, or cryoSPARC .cs, with poses (and CTF)."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
         solver: str = typer.Option("direct", help="direct (CTF-weighted Fourier inversion, Wiener) or cg (least squares)."),
         ctf: bool = typer.Option(True, help="Correct for the CTF (off automatically when the STAR file has none)."),
@@ -26,13 +26,13 @@ def register(app: typer.Typer) -> None:
         from cryoscope.device import resolve_device
         from cryoscope.io.mrc import read_map
         from cryoscope.io.runinfo import write_metrics_json, write_params_json
-        from cryoscope.io.star import read_star
+        from cryoscope.io.convert import read_metadata
         from cryoscope.workflows.reconstruct import (
             reconstruct_known_poses,
             write_reconstruction,
         )
 
-        meta = read_star(star, pixel_size=pixel_size)
+        meta = read_metadata(star, pixel_size=pixel_size)
         if pixel_size is not None:
             meta = meta.with_overrides(pixel_size=pixel_size)
         use_ctf = ctf

@@ -26,7 +26,8 @@ from cryoscope.io.checkpoint import CheckpointDir
 from cryoscope.io.metadata import ParticleMetadata
 from cryoscope.io.mrc import write_map
 from cryoscope.io.runinfo import write_metrics_json, write_params_json
-from cryoscope.io.star import read_star, write_star
+from cryoscope.io.convert import read_metadata
+from cryoscope.io.star import write_star
 from cryoscope.likelihood.abinitio import (
     AbinitioIteration,
     AbinitioResult,
@@ -50,11 +51,12 @@ from cryoscope.validation.fsc import fsc, resolution_at
 def open_particles(
     star: str | Path, pixel_size: float | None = None, use_ctf: bool = True, device: torch.device | str = "cpu", batch_size: int = 512
 ) -> tuple[ParticleMetadata, ParticleSource]:
-    """Read a particle STAR file and its images; CTF off (with a warning) when the file has no CTF columns.
+    """Read a particle STAR (or cryoSPARC .cs) file and its images; CTF off (with a warning) when the file has no CTF
+    columns.
 
     Every image is checked for NaN/Inf before any work is done (one pass over the stack).
     """
-    meta = read_star(star, pixel_size=pixel_size)
+    meta = read_metadata(star, pixel_size=pixel_size)
     if pixel_size is not None:
         meta = meta.with_overrides(pixel_size=pixel_size)
     if use_ctf and not meta.has_ctf:
