@@ -36,7 +36,7 @@ _EXACT_BLOCK = 2**22  # pixel-component pairs per block of the exact (log-space)
 class PixelCounts:
     """The occupied pixels of P binned images of edge `box`: image, row (y) and column (x) index and count [R] each;
     and per single count (C = total counts): its pixel `count_row` [C], its image, row and column `count_pixel`
-    [3, C] and `count_values` [C, 4] = (x, y, x² + y², 1) of its pixel centre (Å, about pixel N // 2)."""
+    [3, C] and `count_values` [3, C] = rows x, y, x² + y² of its pixel centre (Å, about pixel N // 2)."""
 
     image: torch.Tensor
     iy: torch.Tensor
@@ -56,7 +56,7 @@ class PixelCounts:
         row = torch.repeat_interleave(torch.arange(c.numel(), device=counts.device), c)
         grid = centered_coords(counts.shape[-1], counts.device, torch.float64) * pixel_size
         x, y = grid[ix[row]], grid[iy[row]]
-        values = torch.stack([x, y, x * x + y * y, torch.ones_like(x)], -1)
+        values = torch.stack([x, y, x * x + y * y])
         pixel = torch.stack([p[row], iy[row], ix[row]])
         return PixelCounts(p, iy, ix, c, row, pixel, values, counts.shape[-1], float(pixel_size))
 
@@ -224,9 +224,11 @@ def image_assignment_stats(
                                    torch.tensor(norm, dtype=torch.float64, device=centres.device), _min_mass(compute_dtype, k))
     seed = torch.randint(-(2**31), 2**31, (), generator=generator, dtype=torch.int32, device=centres.device)
     at = _descend(group_mass, leaf_mass, hx, gy, data.count_pixel, data.count_row, good, seed, k)
-    acc = torch.zeros(p * k + 1, 4, dtype=centres.dtype, device=centres.device)  # the last row takes bad pixels' counts
-    acc = acc.index_add_(0, at, data.count_values.to(centres.dtype))[:-1].reshape(p, k, 4)
-    n, sums, q = acc[..., 3], acc[..., :2].contiguous(), acc[..., 2]
+    # per-column bincounts: 3-5x faster than one index_add_ of [C, 4] rows on a CPU; the last bin takes bad pixels' counts
+    m = p * k + 1
+    acc = [torch.bincount(at, weights=v, minlength=m)[:-1].to(centres.dtype) for v in data.count_values.to(centres.dtype)]
+    n = torch.bincount(at, minlength=m)[:-1].to(centres.dtype).reshape(p, k)
+    sums, q = torch.stack(acc[:2], -1).reshape(p, k, 2), acc[2].reshape(p, k)
     if not bool(good.all()):
         n, sums, q, loglik = _add_underflowed(data, ~good, centres, weights, s, norm, generator, n, sums, q, loglik)
     return ImageStats(n, sums, q, loglik.to(centres.dtype))
