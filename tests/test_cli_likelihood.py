@@ -80,6 +80,9 @@ def test_refine_cli_writes_maps_star_metrics_and_recovers_poses(tmp_path, states
     again = tmp_path / "local"
     assert main([*_refine_args(out / "particles.star", out / "map.mrc", again, "--local", "--iterations", "1"), "--seed", "7"]) == 0
     assert json.loads((again / "params.json").read_text())["half_sets"] == "rlnRandomSubset"
+    # its one iteration scores at 26 Å, yet, being the last, reconstructs to Nyquist (RELION's final iteration)
+    last = json.loads((again / "metrics.json").read_text())["history"][-1]
+    assert last["cutoff"] < 0.2 and last["reconstruction_cutoff"] == 0.5
     assert (starfile.read(again / "particles.star")["particles"]["rlnRandomSubset"] == table["rlnRandomSubset"]).all()
 
 

@@ -84,9 +84,12 @@ def test_refinement_is_deterministic_and_resumes_exactly_through_a_checkpoint(tm
     a = refine(particles, initial, settings, seed=7)
     b = refine(particles, initial, settings, seed=7)
     assert torch.equal(a.map, b.map) and torch.equal(a.rotations, b.rotations) and torch.equal(a.shifts_px, b.shifts_px)
-    # stop after one iteration, save, load, resume: the same final state
-    one = refine(particles, initial, EMSettings(**{**vars(settings), "n_iter": 1}), seed=7)
-    save_checkpoint(tmp_path / "c.pt", state_dict(one), {"seed": 7})
+    # checkpoint after the first iteration (as `run_em` does), load, resume: the same final state
+    def save(st):
+        if st.iterations_done == 1:
+            save_checkpoint(tmp_path / "c.pt", state_dict(st), {"seed": 7})
+
+    refine(particles, initial, settings, seed=7, on_iteration=save)
     resumed = refine(particles, initial, settings, seed=7, state=from_state_dict(load_checkpoint(tmp_path / "c.pt", {"seed": 7})))
     assert resumed.iterations_done == 2 and len(resumed.history) == 2
     assert torch.allclose(resumed.map, a.map, atol=1e-6) and torch.equal(resumed.rotations, a.rotations)

@@ -106,7 +106,7 @@ class EMSettings:
     negligible poses (`scoring.significant_poses`; max_poses caps only global searches); n_wiener: 0 or 1, one FSC-Wiener re-solve per iteration (1) or none (0);
     mask_radius: soft spherical mask on the references (None: 0.45 N); symmetry: point group (C1, Cn, Dn, T, O, I);
     max_cutoff: highest scoring cutoff (classification works best at limited resolution); once scoring reaches
-    it, the maps are reconstructed to Nyquist; solver_iterations: conjugate-gradient steps per map solve.
+    it, and in the last iteration, the maps are reconstructed to Nyquist; solver_iterations: conjugate-gradient steps per map solve.
     """
 
     n_iter: int = 4
@@ -467,7 +467,10 @@ def expectation_maximization(
         build, step, n_rot, n_shift, inplane = _search_grids(it, prev_R, prev_t, s, device, have_prior, sigma_deg, sigma_px)
         cutoff = st.next_cutoff
         cap = s.max_poses if inplane is not None else None  # local grids are sized to the posterior: keep its mass
-        recon_cutoff = 0.5 if cutoff >= s.max_cutoff else min(0.5, cutoff + s.march_shells / box)
+        # the last iteration reconstructs to Nyquist (as RELION's final iteration), so the written maps and the half-map
+        # FSC are not cut at the marching limit
+        last = it == s.n_iter - 1
+        recon_cutoff = 0.5 if cutoff >= s.max_cutoff or last else min(0.5, cutoff + s.march_shells / box)
         acc = _Accumulator(K, box, recon_cutoff, s, group, device)
         log_prior = st.class_fractions.to(device).clamp_min(1e-30).log()
         out_R, out_t = torch.zeros(n, 3, 3), torch.zeros(n, 2)
