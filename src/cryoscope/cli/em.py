@@ -93,7 +93,7 @@ def _command(kind: str):
         half, from_file = half_sets(meta.n, seed, meta.random_subset)
         params["half_sets"] = "rlnRandomSubset" if from_file else "random"
         if from_file and ctx.is_main:
-            typer.echo(f"gold-standard half-sets from {star} (rlnRandomSubset): {int((half == 0).sum())} / {int((half == 1).sum())} particles")
+            typer.echo(f"gold-standard half-sets from {star}: {int((half == 0).sum())} / {int((half == 1).sum())} particles")
         result, tracked = run_em(particles, maps, settings, out, params, seed, resume, ctx, prior_R, prior_t, progress, track, half)
         if not ctx.is_main:
             return

@@ -30,10 +30,10 @@ def register(app: typer.Typer) -> None:
         if lowpass > 0:
             vol = gaussian_lowpass(vol, lowpass, m.voxel_size)
         level = 0.1 * float(vol.max()) if threshold is None else threshold
-        if level > float(vol.max()):
-            raise InvalidValueError(f"no voxel of the {'blurred ' if lowpass > 0 else ''}map reaches the threshold {level:g} "
-                                    f"(maximum {float(vol.max()):.4g})", map_path)
-        mask = threshold_mask(vol, level, extend, soft_edge)
+        try:
+            mask = threshold_mask(vol, level, extend, soft_edge)
+        except InvalidValueError as err:  # e.g. nothing reaches the threshold: name the map
+            raise InvalidValueError(str(err), map_path) from None
         write_map(out, mask.float(), m.voxel_size, protect=(map_path,))
         typer.echo(f"threshold {level:.4g}: {float((mask > 0.5).double().mean()):.1%} of the box inside the mask")
         typer.echo(f"wrote {out}")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from cryoscope.errors import InvalidValueError
-from cryoscope.physics.fourier import centered_coords, fft3c, ifft3c, radial_index_3d
+from cryoscope.physics.filters import frequency_magnitude, radial_average
+from cryoscope.physics.fourier import fft3c, ifft3c, radial_index_3d
 from cryoscope.validation.fsc import fsc, fsc_weighting, resolution_at
 
 
@@ -71,22 +72,12 @@ def mask_corrected_fsc(
     return unmasked, masked, randomized, corrected, shell
 
 
-def _shell_amplitudes(vol: torch.Tensor) -> torch.Tensor:
-    """Mean |F| per shell [N // 2 + 1]."""
-    n = vol.shape[-1]
-    shell = radial_index_3d(n, vol.device).reshape(-1)
-    keep = shell <= n // 2
-    amp = fft3c(vol).abs().reshape(-1)
-    sums = torch.zeros(n // 2 + 1, dtype=amp.dtype, device=amp.device).index_add_(0, shell[keep], amp[keep])
-    return sums / torch.bincount(shell[keep], minlength=n // 2 + 1).to(amp.dtype).clamp_min(1)
-
-
 def guinier_bfactor(vol: torch.Tensor, voxel_size: float, fit_from: float, fit_to: float) -> float | None:
     """B (Å²) with shell-averaged amplitudes ∝ exp(-B s² / 4), fitted by least squares of ln F on s² over the shells
     between `fit_from` and `fit_to` Å (fit_from > fit_to); None if fewer than 3 shells lie there."""
     n = vol.shape[-1]
     s = torch.arange(n // 2 + 1, dtype=torch.float64) / (n * voxel_size)  # Å⁻¹
-    amp = _shell_amplitudes(vol.double()).cpu()
+    amp = radial_average(fft3c(vol.double()).abs(), ndim=3).cpu()  # mean |F| per shell
     use = (s >= 1 / fit_from) & (s <= 1 / fit_to) & (amp > 0)
     if int(use.sum()) < 3:
         return None
@@ -99,8 +90,7 @@ def sharpen(vol: torch.Tensor, voxel_size: float, bfactor: float, weights: torch
     """vol [N, N, N] times exp(-bfactor s² / 4) (negative `bfactor`, Å², sharpens) and the per-shell `weights`
     [N // 2 + 1], shells beyond `cutoff` (cycles/pixel) removed."""
     n = vol.shape[-1]
-    k = centered_coords(n, vol.device, torch.float64) / (n * voxel_size)
-    s2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
+    s2 = (frequency_magnitude(n, 3, vol.device, torch.float64) / (n * voxel_size)) ** 2  # Å⁻²
     shell = radial_index_3d(n, vol.device)
     table = torch.cat([weights.to(torch.float64), weights.new_zeros(1, dtype=torch.float64)])
     filt = torch.exp(-bfactor * s2 / 4) * table[shell.clamp(max=weights.numel())] * (shell <= cutoff * n + 1e-9)
