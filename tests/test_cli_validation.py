@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import starfile
 import torch
 
 from cryoscope.cli.main import main
@@ -110,6 +111,8 @@ def test_align_command_moves_particle_poses_with_the_map(tmp_path, model, capsys
                             box=N, image_names=[("parts.mrcs", i) for i in range(n)], root=tmp_path)
     subsets = torch.arange(n) % 2 + 1
     write_star(tmp_path / "parts.star", meta, extra={"rlnRandomSubset": subsets.numpy()})
+    with open(tmp_path / "parts.star", "a") as f:  # a key-value block, as RELION's data_general
+        f.write("\ndata_general\n\n_rlnNrClasses 1\n")
     (tmp_path / "out").mkdir()
     moved_star = tmp_path / "out" / "moved.star"
     argv = ["align", str(tmp_path / "map.mrc"), str(tmp_path / "ref.mrc"), "-o", str(tmp_path / "out" / "aligned.mrc"),
@@ -120,6 +123,7 @@ def test_align_command_moves_particle_poses_with_the_map(tmp_path, model, capsys
     stack = new.images()
     assert torch.equal(stack[torch.arange(n)].float(), images.float())  # image paths resolve from out/
     assert (read_star_blocks(moved_star)["particles"]["rlnRandomSubset"].to_numpy() == subsets.numpy()).all()
+    assert int(starfile.read(moved_star, always_dict=True)["general"]["rlnNrClasses"]) == 1
     form = ImageFormation()
     again = form(VoxelMap(reference.double(), VOXEL), new.rotations, origins_px=new.shifts_A / VOXEL)
     stale = form(VoxelMap(reference.double(), VOXEL), A, origins_px=origins)

@@ -259,12 +259,13 @@ def write_star(path: str | Path, meta: ParticleMetadata, version: str = "relion3
 
 def write_star_new_poses(source: str | Path, path: str | Path, meta: ParticleMetadata, protect: Sequence[str | Path] = ()) -> None:
     """Copy of the particle STAR file `source` (read as `meta`) with the poses of `meta` (Euler angles, origins) in
-    place of its own; every other loop block and column is kept, image paths re-expressed relative to `path`'s folder.
-    Origins stay in the source's unit (rlnOriginX/Y in pixels for RELION 3.0 files, else rlnOrigin*Angst)."""
+    place of its own; every other block (loops and key-value blocks) and column is kept, image paths re-expressed
+    relative to `path`'s folder. Origins stay in the source's unit (rlnOriginX/Y in pixels for RELION 3.0 files, else
+    rlnOrigin*Angst)."""
     source, path = Path(source), Path(path)
-    blocks = read_star_blocks(source)
-    key = "particles" if "particles" in blocks else next(k for k, v in blocks.items() if k != "optics" and "rlnImageName" in v.columns)
-    df = blocks[key].copy()
+    loops = read_star_blocks(source)
+    key = "particles" if "particles" in loops else next(k for k, v in loops.items() if k != "optics" and "rlnImageName" in v.columns)
+    df = loops[key].copy()
     if len(df) != meta.n or not meta.has_poses or meta.shifts_A is None:
         raise InvalidValueError(f"need poses and origins for its {len(df)} particles", source)
     e, s = _np(meta.euler), meta.shifts_A
@@ -275,6 +276,7 @@ def write_star_new_poses(source: str | Path, path: str | Path, meta: ParticleMet
     else:
         df["rlnOriginXAngst"], df["rlnOriginYAngst"] = _np(s[:, 0]), _np(s[:, 1])
     df["rlnImageName"] = [f"{i + 1:06d}@{p}" for p, i in meta.image_names_relative_to(path.parent)]
+    blocks = starfile.read(source, always_dict=True)  # every block, key-value ones too, in the file's order
     blocks[key] = df
     with atomic_path(path, protect=(source, *protect)) as tmp:
         starfile.write(blocks, tmp, overwrite=True, float_format="%.6f")
