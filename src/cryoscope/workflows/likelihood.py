@@ -121,8 +121,9 @@ def run_em(
     """EM with a checkpoint after every iteration in `out_dir`; `resume` continues from the last one.
 
     `params` (JSON-able) must equal the checkpointed run's: resuming with other settings is an error.
-    `track` (e.g. `reference_record`) is called on the main process after every iteration; its records, numbered
-    by iteration, are checkpointed with the state and returned with the result. `half` [n] (0/1) fixes the half-sets.
+    `track` (e.g. `reference_record`) is called on the main process after every iteration but the last (whose record
+    `write_em_outputs` takes from its final metrics); its records, numbered by iteration, are checkpointed with the
+    state and returned with the result. `half` [n] (0/1) fixes the half-sets.
     """
     ckpt, saved = _checkpoint(out_dir, params, resume)
     state = None if saved is None else from_state_dict({k: v for k, v in saved.items() if k != "tracked"})
@@ -132,7 +133,7 @@ def run_em(
 
     def on_iteration(st: EMResult) -> None:
         if is_main:
-            if track is not None:
+            if track is not None and st.iterations_done < settings.n_iter:
                 tracked.append({"iteration": st.iterations_done, **track(st)})
             ckpt.save(st.iterations_done, {**state_dict(st), "tracked": tracked})
         bar.update(1)
@@ -244,7 +245,11 @@ def reference_record(
     reference (cycles/pixel, unmasked and masked) and the median pose errors (degrees)."""
     m, _ = truth_metrics(dict(zip(_names(result.maps.shape[0]), result.maps)), references, result.rotations, true_rotations,
                          pixel_size, symmetry, result.best_class)
-    return {k: v for k, v in m.items() if k.endswith(("_cycles_per_pixel", "pose_error_median_deg"))}
+    return _record(m)
+
+
+def _record(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.endswith(("_cycles_per_pixel", "pose_error_median_deg"))}
 
 
 def write_em_outputs(
@@ -262,7 +267,7 @@ def write_em_outputs(
 
     references [K, N, N, N] (truth maps in any gauge) add the FSC against them after rigid alignment;
     true_rotations [n, 3, 3] add the pose error after gauge alignment; `tracked` (`run_em`'s per-iteration
-    records) becomes `truth_history`.
+    records), with the last iteration's record from these metrics, becomes `truth_history`.
     """
     from cryoscope.report.plots import plot_fsc
 
@@ -289,8 +294,8 @@ def write_em_outputs(
     curves |= c
     metrics["empty_classes"] = result.history[-1].empty_classes if result.history else []
     metrics["history"] = [vars(h) for h in result.history]
-    if tracked:
-        metrics["truth_history"] = tracked
+    if references is not None or true_rotations is not None:
+        metrics["truth_history"] = [*(tracked or []), {"iteration": result.iterations_done, **_record(m)}]
     extra = {"rlnRandomSubset": (result.half + 1).numpy(), "cryoscopeAngularSpreadDeg": result.angular_spread_deg.numpy(),
              "cryoscopeShiftSpreadPx": result.shift_spread_px.numpy()}
     table, cols = particle_table(meta, result.rotations, result.shifts_px, result.class_posterior, pixel_size, extra)
