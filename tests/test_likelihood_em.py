@@ -64,7 +64,7 @@ def test_refinement_from_lowpass_recovers_poses_and_improves_fsc():
     particles, R_true, origins, _ = simulate([truth], 200, 0.5)
     initial = lowpass(truth, 0.15)  # 27 Å at 4 Å/pixel
     scores, states = [score(initial, truth)], []
-    settings = EMSettings(n_iter=2, healpix_order=1, max_shift=2.0, initial_cutoff=0.15, max_poses=30, n_wiener=0)
+    settings = EMSettings(n_iter=2, healpix_order=1, max_shift=2.0, initial_cutoff=0.15, max_poses=30)
     refine(particles, initial, settings, on_iteration=lambda r: (scores.append(score(r.map, truth)), states.append(r)))
     assert scores[0] < scores[1] < scores[2], scores
     last = states[-1]
@@ -80,7 +80,7 @@ def test_refinement_is_deterministic_and_resumes_exactly_through_a_checkpoint(tm
     truth = blob_map(BOX, 3, 16, torch.float32)
     particles, _, _, _ = simulate([truth], 48, 1.0, seed=3)
     initial = lowpass(truth, 0.15)
-    settings = EMSettings(n_iter=2, healpix_order=0, max_shift=1.0, initial_cutoff=0.15, max_poses=10, n_wiener=0)
+    settings = EMSettings(n_iter=2, healpix_order=0, max_shift=1.0, initial_cutoff=0.15, max_poses=10)
     a = refine(particles, initial, settings, seed=7)
     b = refine(particles, initial, settings, seed=7)
     assert torch.equal(a.map, b.map) and torch.equal(a.rotations, b.rotations) and torch.equal(a.shifts_px, b.shifts_px)
@@ -97,11 +97,11 @@ def test_refinement_is_deterministic_and_resumes_exactly_through_a_checkpoint(tm
 
 def test_maps_do_not_depend_on_the_batch_size():
     """Batches only reorder float32 sums; shells beyond the reconstructed cutoff hold rounding residue whose FSC must
-    not set their Wiener terms (it did: 2 % of the map maximum between batch sizes 8 and 16)."""
+    not set their filter (it did, as Wiener terms: 2 % of the map maximum between batch sizes 8 and 16)."""
     truth = blob_map(BOX, 0, 16, torch.float32)
     particles, _, _, _ = simulate([truth], 64, 1.0, seed=6)
     initial = lowpass(truth, 0.15)
-    settings = EMSettings(n_iter=2, healpix_order=0, max_shift=1.0, initial_cutoff=0.15, max_poses=10, n_wiener=1)
+    settings = EMSettings(n_iter=2, healpix_order=0, max_shift=1.0, initial_cutoff=0.15, max_poses=10)
     maps = [refine(particles, initial, EMSettings(**{**vars(settings), "batch_size": bs}), seed=4).map for bs in (8, 16, 32)]
     scale = float(maps[0].abs().max())
     for m in maps[1:]:
@@ -120,7 +120,7 @@ def test_symmetric_refinement_gives_a_symmetric_map_and_poses_modulo_symmetry():
     group = symmetry_group("C4", torch.float32)
     truth = sum(rot_z(base, k) for k in range(4)) / 4  # C4-symmetric about z
     particles, R_true, _, _ = simulate([truth], 160, 1.0, seed=5)
-    settings = EMSettings(n_iter=2, healpix_order=1, max_shift=2.0, initial_cutoff=0.15, max_poses=30, n_wiener=0, symmetry="C4")
+    settings = EMSettings(n_iter=2, healpix_order=1, max_shift=2.0, initial_cutoff=0.15, max_poses=30, symmetry="C4")
     res = refine(particles, lowpass(truth, 0.15), settings)
     # An even box is not symmetric about N // 2 at its edge, so the least-squares map is symmetric inside the particle
     # (C1 refinement of these data: 14 % asymmetry there).
@@ -140,7 +140,7 @@ def test_classification_separates_two_compositional_states():
     n = 160
     particles, _R_true, _origins, labels = simulate([a, b], n, 2.0, seed=2)
     consensus = lowpass((a + b) / 2, 0.15)
-    settings = EMSettings(n_iter=4, healpix_order=1, max_shift=2.0, initial_cutoff=0.15, max_cutoff=0.15, max_poses=30, n_wiener=0)
+    settings = EMSettings(n_iter=4, healpix_order=1, max_shift=2.0, initial_cutoff=0.15, max_cutoff=0.15, max_poses=30)
     res = classify(particles, consensus, 2, settings, seed=1)
     best = res.best_class
     accuracy = max(float((best == labels).float().mean()), float((best != labels).float().mean()))
@@ -157,7 +157,7 @@ def test_a_class_that_loses_all_particles_is_reported_not_fatal():
     truth = blob_map(BOX, 0, 16, torch.float32)
     particles, _, _, _ = simulate([truth], 60, 2.0, seed=4)
     maps = torch.stack([lowpass(truth, 0.15), torch.zeros(BOX, BOX, BOX)])
-    settings = EMSettings(n_iter=1, healpix_order=0, max_shift=1.0, initial_cutoff=0.15, max_poses=10, n_wiener=0)
+    settings = EMSettings(n_iter=1, healpix_order=0, max_shift=1.0, initial_cutoff=0.15, max_poses=10)
     res = classify(particles, maps, 2, settings)
     assert res.history[-1].empty_classes == [1]
     assert float(res.class_fractions[1]) == 0.0 and float((res.best_class == 0).float().mean()) > 0.9

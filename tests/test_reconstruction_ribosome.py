@@ -1,7 +1,8 @@
 """Acceptance: known-pose reconstruction of a simulated 70S ribosome dataset (5,000 particles, SNR 0.1, CTF).
 
 The truth FSC must reach 0.5 at >= 0.25 cycles/pixel, and it must agree with the half-map prediction
-sqrt(2 FSC_half / (1 + FSC_half)) for the plain (unfiltered) average of the half-maps wherever FSC_half > 0.143.
+sqrt(2 FSC_half / (1 + FSC_half)) for the plain average of the unmasked least-squares half-maps wherever
+FSC_half > 0.143. The written map (masked half-maps) must beat that average: the mask removes noise, not signal.
 """
 
 from pathlib import Path
@@ -31,9 +32,11 @@ def test_ribosome_known_pose_reconstruction(tmp_path):
     assert cycles >= 0.25
 
     fsc_half = result.fsc_half.double()
-    average = 0.5 * (result.half1 + result.half2)
+    average = 0.5 * (result.unfiltered[0] + result.unfiltered[1])
     fsc_truth = fsc(average.double(), truth.data.double())
     predicted = torch.sqrt(2 * fsc_half.clamp(min=0) / (1 + fsc_half.clamp(min=0)))
     shells = fsc_half > 0.143
     assert shells[: int(0.25 * 64)].all()
     assert (fsc_truth - predicted)[shells].abs().max() < 0.05
+    gain = (result.fsc_truth.double() - fsc_truth)[shells]
+    assert gain.min() > -0.01 and gain.max() > 0.1  # measured: 0.0002-0.0010 below 0.12 cycles/px, 0.16 at 0.23

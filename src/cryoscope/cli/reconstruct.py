@@ -12,7 +12,8 @@ def register(app: typer.Typer) -> None:
     def reconstruct_cmd(
         star: Path = typer.Argument(..., help="Particles STAR file, or cryoSPARC .cs, with poses (and CTF)."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (created)."),
-        solver: str = typer.Option("direct", help="direct (CTF-weighted Fourier inversion, Wiener) or cg (least squares)."),
+        solver: str = typer.Option("direct", help="direct (CTF-weighted direct Fourier inversion) or cg (iterative least squares)."),
+        mask_diameter: float = typer.Option(None, help="Soft spherical mask on the half-maps and map, Å (default 0.9 of the box; 0: none)."),
         ctf: bool = typer.Option(True, help="Correct for the CTF (off automatically when the STAR file has none)."),
         pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (when the STAR file has none)."),
         reference: Path = typer.Option(None, help="Ground-truth map in the same frame: adds FSC against it."),
@@ -24,6 +25,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Reconstruct two random half-sets, report the FSC and write the FSC-weighted map."""
         from cryoscope.device import resolve_device
+        from cryoscope.errors import InvalidValueError
         from cryoscope.io.mrc import read_map
         from cryoscope.io.runinfo import write_metrics_json, write_params_json
         from cryoscope.io.convert import read_metadata
@@ -40,14 +42,18 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"warning: {star}: no CTF columns; reconstructing without CTF correction", err=True)
             use_ctf = False
         stack = meta.images()
-        ref = read_map(reference, voxel_size=float(meta.require_pixel_size()[0])).data if reference else None
+        px = float(meta.require_pixel_size()[0])
+        if mask_diameter is not None and mask_diameter < 0:
+            raise InvalidValueError(f"--mask-diameter must be >= 0 Å, got {mask_diameter}")
+        ref = read_map(reference, voxel_size=px).data if reference else None
         result = reconstruct_known_poses(
             meta, stack, seed=seed, solver=solver, use_ctf=use_ctf, batch_size=batch_size,
             device=resolve_device(device), reference=ref, cg_iterations=cg_iterations, progress=progress,
+            mask_radius=None if mask_diameter is None else mask_diameter / (2 * px),
         )
         protect = (star,) + ((reference,) if reference else ())
         paths = write_reconstruction(result, out, protect)
-        write_params_json(out / "params.json", {"command": "reconstruct", "star": str(star), "solver": solver, "ctf": use_ctf,
+        write_params_json(out / "params.json", {"command": "reconstruct", "star": str(star), "solver": solver, "mask_diameter": mask_diameter, "ctf": use_ctf,
                                                 "pixel_size": pixel_size, "reference": str(reference) if reference else None,
                                                 "batch_size": batch_size, "seed": seed, "device": device})
         write_metrics_json(out / "metrics.json", result.metrics)

@@ -12,12 +12,11 @@ K half-h maps, their poses backprojected only into half-h grids):
   is added once per group element g as A g (weight w / |G|), so the maps come out symmetric. The expected
   residual power w |T_{+t} Y_i - C_i S_r|^2 goes to the per-shell noise sums; class fractions are the mean
   class posteriors.
-- Half-maps: solved with the default regulariser; their (unmasked) FSC is each class's FSC, and with
-  `n_wiener` > 0 they are re-solved with a per-shell Wiener term from it (`reg_from_fsc`); a soft spherical mask
-  (`mask_radius`) is applied to them before they score the next iteration. The FSC = `fsc_threshold` crossing is
-  each class's resolution; the best class resolution plus `score_margin_shells` is the next scoring cutoff (one
-  cutoff for all classes keeps their likelihoods comparable). Full maps are the FSC-weighted averages
-  (`halfmaps.fsc_weighted_average`) of the masked half-maps.
+- Half-maps: solved with the default (light Tikhonov) regulariser; their (unmasked) FSC is each class's FSC. Inside
+  a soft spherical mask (`mask_radius`) and scaled per shell by that FSC (`halfmaps.masked_half_maps`), they score
+  the next iteration. The FSC = `fsc_threshold` crossing is each class's resolution; the best class resolution
+  plus `score_margin_shells` is the next scoring cutoff (one cutoff for all classes keeps their likelihoods
+  comparable). Full maps are the FSC-weighted averages of the masked half-maps.
 
 Grids, coarse to fine: iteration j searches the global HEALPix grid of order `healpix_order` + j (step
 60 / 2**(order + j) degrees; restricted to one asymmetric unit of directions under symmetry; in-plane angles
@@ -76,8 +75,8 @@ from cryoscope.likelihood.scoring import (
 from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.projection import SliceLayout, fourier_volume, slice_fourier_volume
 from cryoscope.physics.shift import phase_ramp, translate
-from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
-from cryoscope.reconstruction.halfmaps import fsc_weighted_average, random_half_sets
+from cryoscope.reconstruction.direct import DirectReconstructor
+from cryoscope.reconstruction.halfmaps import masked_half_maps, random_half_sets
 from cryoscope.validation.fsc import fsc, resolution_at, shell_frequencies
 from cryoscope.validation.metrics import cross_correlation
 
@@ -100,10 +99,10 @@ class EMSettings:
     ribosome particles at SNR 0.05, a ±1° window around poses with sigma ~1.1° took the masked FSC 0.5 vs truth
     from 0.266 to 0.233 in two iterations); prior_sigma_deg: per-axis sigma of the prior poses' error (RELION's
     --sigma_ang), which sizes the first local grid from prior poses the same way (0: the scheduled grid); initial_cutoff: first scoring cutoff (and the lowest ever used); score_margin_shells:
-    shells beyond the half-map FSC resolution that the next iteration scores (RELION's incr_size: the Wiener-filtered
+    shells beyond the half-map FSC resolution that the next iteration scores (RELION's incr_size: the FSC-filtered
     references still carry pose information there); march_shells: shells beyond the scoring cutoff that the
     reconstructions keep; rel_threshold / mass / max_poses: pruning of
-    negligible poses (`scoring.significant_poses`; max_poses caps only global searches); n_wiener: 0 or 1, one FSC-Wiener re-solve per iteration (1) or none (0);
+    negligible poses (`scoring.significant_poses`; max_poses caps only global searches);
     mask_radius: soft spherical mask on the references (None: 0.45 N); symmetry: point group (C1, Cn, Dn, T, O, I);
     max_cutoff: highest scoring cutoff (classification works best at limited resolution); once scoring reaches
     it, and in the last iteration, the maps are reconstructed to Nyquist; solver_iterations: conjugate-gradient steps per map solve.
@@ -129,7 +128,6 @@ class EMSettings:
     max_poses: int | None = 32
     batch_size: int = 128
     oversample: float = 2.0
-    n_wiener: int = 1
     mask_radius: float | None = None
     symmetry: str = "C1"
     max_cutoff: float = 0.5
@@ -173,7 +171,7 @@ class IterationStats:
 class EMResult:
     """State after an iteration (also the resume point).
 
-    maps [K, N, N, N] (FSC-weighted full maps); half_maps [2, K, N, N, N] (masked: the next references);
+    maps [K, N, N, N] (FSC-weighted full maps); half_maps [2, K, N, N, N] (masked and FSC-filtered: the next references);
     fsc_half [K, N // 2 + 1]; resolution: per class (cycles/pixel); class_fractions [K];
     class_posterior [n, K]; per particle: rotations [n, 3, 3] and origins shifts_px [n, 2] (x, y, pixels)
     of the best pose, posterior spreads (degrees, pixels), best class; noise spectrum sigma2 [N // 2 + 1];
@@ -541,12 +539,7 @@ def _maximization(
         # halves (shrunk values, mask leakage of the low frequencies): measured 0.9 where this FSC and the truth
         # FSC are 0.0-0.3, which sent the scoring cutoff to Nyquist.
         f = _reconstructed_fsc(h0, h1, acc.cutoff)
-        if s.n_wiener:
-            h0 = rec.volume(0, reg=reg_from_fsc(f, rec.shell_weights(0)), n_iter=n_cg)
-            h1 = rec.volume(1, reg=reg_from_fsc(f, rec.shell_weights(1)), n_iter=n_cg)
-        h0, h1 = h0 * mask, h1 * mask
-        fulls[k] = fsc_weighted_average(h0, h1, f)[0]
-        halves[0, k], halves[1, k] = h0, h1
+        halves[0, k], halves[1, k], fulls[k] = masked_half_maps(h0, h1, mask, f)
         fscs[k] = f.float().cpu()
         res[k] = min(resolution_at(f, s.fsc_threshold, box)[0], acc.cutoff)  # no claim beyond the reconstructed shells
     sigma2 = noise_spectrum(acc.noise[0], acc.noise[1]).float().cpu()

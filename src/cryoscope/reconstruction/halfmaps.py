@@ -43,8 +43,28 @@ def fsc_weighted_average(
     if fsc is None:
         fsc = fourier_shell_correlation(half1, half2)
     f = fsc.to(half1.dtype if half1.is_floating_point() else torch.float64).clamp(0, 1)
-    weight = torch.sqrt(2 * f / (1 + f))
-    table = torch.cat([weight, weight.new_zeros(1)])
-    shell = radial_index_3d(n, half1.device).clamp(max=weight.numel())
-    avg = 0.5 * (half1 + half2)
-    return ifft3c(fft3c(avg) * table[shell]).real, fsc
+    return shell_filter(0.5 * (half1 + half2), torch.sqrt(2 * f / (1 + f))), fsc
+
+
+def masked_half_maps(
+    half1: torch.Tensor, half2: torch.Tensor, mask: torch.Tensor, fsc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From two lightly regularised least-squares half-maps [N, N, N], a real-space mask [N, N, N] and the half-maps'
+    unmasked FSC [N // 2 + 1]: each half-map inside the mask, scaled per shell by the FSC (a half-map's expected
+    signal, SSNR / (1 + SSNR)), and the FSC-weighted average of the masked half-maps. Returns (half1, half2, map).
+
+    No per-voxel Wiener term (RELION's 1/tau² in the solve): with one from the unmasked FSC, the map from 4,828
+    ribosome-class particles at SNR 0.05 (refined poses, soft sphere of 0.45 N) reached FSC 0.5 against truth at
+    0.232 cycles/px, against 0.248 for this; the mask, not the shrinkage, is what removes the noise that poorly
+    sampled voxels carry."""
+    m1, m2 = half1 * mask, half2 * mask
+    w = fsc.clamp(0, 1)
+    return shell_filter(m1, w), shell_filter(m2, w), fsc_weighted_average(m1, m2, fsc)[0]
+
+
+def shell_filter(vol: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Map [N, N, N] with Fourier shell i (i / N cycles/pixel, nearest) scaled by weight[i] [S]; shells from S on
+    (beyond Nyquist when S = N // 2 + 1) removed."""
+    table = torch.cat([weight.to(vol.dtype), weight.new_zeros(1, dtype=vol.dtype)])
+    shell = radial_index_3d(vol.shape[-1], vol.device).clamp(max=weight.numel())
+    return ifft3c(fft3c(vol) * table[shell]).real

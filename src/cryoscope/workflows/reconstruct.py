@@ -12,16 +12,17 @@ from cryoscope.errors import InvalidValueError
 from cryoscope.io.metadata import ParticleMetadata
 from cryoscope.io.mrc import write_map
 from cryoscope.particles import iter_batches
-from cryoscope.reconstruction.direct import DirectReconstructor, reg_from_fsc
-from cryoscope.reconstruction.halfmaps import fsc_weighted_average, half_sets
+from cryoscope.physics.filters import soft_mask
+from cryoscope.reconstruction.direct import DirectReconstructor
+from cryoscope.reconstruction.halfmaps import half_sets, masked_half_maps
 from cryoscope.reconstruction.iterative import reconstruct_cg
 from cryoscope.validation.fsc import fsc, resolution_at
 
 
 @dataclass
 class Reconstruction:
-    """Half-maps, the FSC-weighted map, the half-map FSC and (with a reference) the FSC against it; `unfiltered`: the
-    half-maps before the Wiener filter (RELION's *_unfil, for post-processing; the least-squares solver's are its own)."""
+    """Half-maps (masked, FSC-filtered), the FSC-weighted map, the half-map FSC and (with a reference) the FSC against
+    it; `unfiltered`: the least-squares half-maps, unmasked (RELION's *_unfil, for post-processing)."""
 
     half1: torch.Tensor
     half2: torch.Tensor
@@ -33,20 +34,12 @@ class Reconstruction:
     metrics: dict = field(default_factory=dict)
 
 
-def _direct_half_maps(meta, stack, half, batch_size, device, use_ctf, n_wiener: int, progress: bool):
-    box = stack.box
-    rec = DirectReconstructor(box, n_halves=2, device=device)
+def _direct_half_maps(meta, stack, half, batch_size, device, use_ctf, progress: bool):
+    rec = DirectReconstructor(stack.box, n_halves=2, device=device)
     batches = iter_batches(meta, stack, batch_size, device, use_ctf, half)
     for batch in tqdm(batches, total=-(-meta.n // batch_size), desc="backproject", unit="batch", disable=not progress):
         rec.add(batch)
-    h1, h2 = rec.volume(0), rec.volume(1)
-    unfiltered = (h1, h2)
-    # RELION-style Wiener filter: the per-shell regulariser comes from the half-map FSC (SSNR = FSC / (1 - FSC)).
-    for _ in range(n_wiener):
-        f = fsc(h1, h2)
-        h1 = rec.volume(0, reg=reg_from_fsc(f, rec.shell_weights(0)))
-        h2 = rec.volume(1, reg=reg_from_fsc(f, rec.shell_weights(1)))
-    return h1, h2, unfiltered
+    return rec.volume(0), rec.volume(1)
 
 
 def _cg_half_maps(meta, stack, half, batch_size, device, use_ctf, n_iter: int, tikhonov: float):
@@ -71,15 +64,18 @@ def reconstruct_known_poses(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     reference: torch.Tensor | None = None,
-    n_wiener: int = 2,
+    mask_radius: float | None = None,
     cg_iterations: int = 20,
     tikhonov: float = 0.0,
     progress: bool = True,
 ) -> Reconstruction:
-    """Reconstruct two half-sets (the STAR file's rlnRandomSubset, else random from `seed`) with `solver` 'direct' (Wiener) or 'cg' (least squares).
+    """Reconstruct two half-sets (the STAR file's rlnRandomSubset, else random from `seed`) by least squares, with
+    `solver` 'direct' (direct Fourier inversion) or 'cg' (iterative).
 
-    The final map is the half-map average filtered by sqrt(2 FSC / (1 + FSC)). `reference` [N, N, N]
-    (same frame and voxel size, e.g. the simulation's truth) adds the FSC against it to the metrics.
+    The half-map FSC is that of the unmasked least-squares half-maps. The half-maps are then cut by a soft spherical
+    mask of `mask_radius` pixels (None: 0.45 N; 0: no mask) and scaled per shell by the FSC; the final map is their
+    average filtered by sqrt(2 FSC / (1 + FSC)) (`halfmaps.masked_half_maps`). `reference` [N, N, N] (same frame and
+    voxel size, e.g. the simulation's truth) adds the FSC against it to the metrics.
     """
     if solver not in ("direct", "cg"):
         raise InvalidValueError(f"unknown solver {solver!r} (direct or cg)")
@@ -87,13 +83,16 @@ def reconstruct_known_poses(
     voxel = float(meta.require_pixel_size()[0])
     half, from_file = half_sets(meta.n, seed, meta.random_subset)
     if solver == "direct":
-        h1, h2, (u1, u2) = _direct_half_maps(meta, stack, half, batch_size, device, use_ctf, n_wiener, progress)
+        u1, u2 = _direct_half_maps(meta, stack, half, batch_size, device, use_ctf, progress)
     else:
-        h1, h2 = u1, u2 = _cg_half_maps(meta, stack, half, batch_size, device, use_ctf, cg_iterations, tikhonov)
-    h1, h2 = h1.cpu(), h2.cpu()
-    final, f_half = fsc_weighted_average(h1, h2)
-    box = h1.shape[-1]
-    metrics = {"n_particles": meta.n, "box": box, "voxel_size_A": voxel, "solver": solver,
+        u1, u2 = _cg_half_maps(meta, stack, half, batch_size, device, use_ctf, cg_iterations, tikhonov)
+    u1, u2 = u1.cpu(), u2.cpu()
+    box = u1.shape[-1]
+    f_half = fsc(u1, u2)
+    radius = 0.45 * box if mask_radius is None else mask_radius
+    mask = soft_mask(box, radius, 0.05 * box, 3, dtype=u1.dtype) if radius > 0 else torch.ones_like(u1)
+    h1, h2, final = masked_half_maps(u1, u2, mask, f_half)
+    metrics = {"n_particles": meta.n, "box": box, "voxel_size_A": voxel, "solver": solver, "mask_radius_px": radius,
                "half_sets": "rlnRandomSubset" if from_file else "random"}
     for thr in (0.143, 0.5):
         cyc, ang = resolution_at(f_half, thr, box, voxel)
@@ -106,7 +105,7 @@ def reconstruct_known_poses(
         for thr in (0.5, 0.143):
             cyc, ang = resolution_at(f_truth, thr, box, voxel)
             metrics[f"truth_fsc_{thr}_cycles_per_pixel"], metrics[f"truth_fsc_{thr}_A"] = cyc, ang
-    return Reconstruction(h1, h2, final, f_half, voxel, f_truth, metrics=metrics, unfiltered=(u1.cpu(), u2.cpu()))
+    return Reconstruction(h1, h2, final, f_half, voxel, f_truth, metrics=metrics, unfiltered=(u1, u2))
 
 
 def write_reconstruction(result: Reconstruction, out_dir: str | Path, protect: tuple = ()) -> dict[str, Path]:
