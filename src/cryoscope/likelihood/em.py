@@ -534,8 +534,8 @@ def _maximization(
             continue
         h0, h1 = solved[0][k], solved[1][k]
         unfiltered[0, k], unfiltered[1, k] = h0, h1
-        # The FSC of these lightly regularised, unmasked half-maps is the resolution and sets the Wiener terms. Not
-        # the FSC of the Wiener-filtered or masked maps: their weak shells are dominated by content common to both
+        # The FSC of these lightly regularised, unmasked half-maps is the resolution and sets the filter. Not
+        # the FSC of filtered or masked maps: their weak shells are dominated by content common to both
         # halves (shrunk values, mask leakage of the low frequencies): measured 0.9 where this FSC and the truth
         # FSC are 0.0-0.3, which sent the scoring cutoff to Nyquist.
         f = _reconstructed_fsc(h0, h1, acc.cutoff)
@@ -588,7 +588,7 @@ def _relabel_half(acc: _Accumulator, solved: list[list[torch.Tensor]], perm: lis
 
 def _reconstructed_fsc(h0: torch.Tensor, h1: torch.Tensor, cutoff: float) -> torch.Tensor:
     """FSC of two half-maps [N, N, N], 0 in shells beyond `cutoff` (cycles/pixel): those hold no data, only
-    rounding residue, whose FSC is noise (and would set their Wiener terms at random)."""
+    rounding residue, whose FSC is noise (and would set their filter at random)."""
     f = fsc(h0, h1)
     return torch.where(shell_frequencies(h0.shape[-1], f.device, f.dtype) > cutoff + 1e-9, torch.zeros_like(f), f)
 

@@ -127,8 +127,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig, device: torch.device | str
         ),
         ReportSection(
             "Reconstruction with known poses",
-            "CTF-weighted direct Fourier inversion of two random half-sets, Wiener-filtered with the half-map FSC; "
-            "the final map is the half-map average weighted by sqrt(2 FSC / (1 + FSC)).",
+            "CTF-weighted direct Fourier inversion (least squares) of two random half-sets inside a soft spherical mask; "
+            "the final map is the masked half-map average weighted by sqrt(2 FSC / (1 + FSC)).",
             metrics={k: v for k, v in metrics.items() if "fsc" in k},
             figures=[ReportFigure(figures["fsc"], "Half-map FSC and FSC of the final map against the truth."),
                      ReportFigure(figures["map_slices"], "Central slices of the final map."),
