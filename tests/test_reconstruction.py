@@ -9,11 +9,15 @@ from cryoscope.physics.forward import ImageFormation
 from cryoscope.reconstruction import (
     DirectReconstructor,
     fsc_weighted_average,
+    masked_half_maps,
     random_half_sets,
     reconstruct_cg,
     reconstruct_direct,
     reg_from_fsc,
+    shell_filter,
 )
+from cryoscope.physics.filters import radial_average, soft_mask
+from cryoscope.physics.fourier import fft3c
 from cryoscope.representations.voxel import VoxelMap
 from cryoscope.validation.fsc import fsc
 
@@ -103,6 +107,26 @@ def test_fsc_weighting_filter_value():
     out, _ = fsc_weighted_average(a, a, curve)
     lowpassed, _ = fsc_weighted_average(a, a, torch.ones_like(curve))
     assert torch.allclose(out, lowpassed * 0.5**0.5, atol=1e-12)
+
+
+def test_shell_filter_scales_each_shell_power_by_the_weight_squared():
+    n = 16
+    a = torch.randn(n, n, n, dtype=torch.float64)
+    weight = torch.linspace(1.0, 0.0, n // 2 + 1, dtype=torch.float64)
+    out = shell_filter(a, weight)
+    power = lambda v: radial_average(fft3c(v).abs() ** 2, ndim=3)[: n // 2 + 1]  # noqa: E731
+    assert torch.allclose(power(out), power(a) * weight**2, rtol=1e-9, atol=1e-12)
+
+
+def test_masked_half_maps_mask_before_filtering():
+    n = 16
+    g = torch.Generator().manual_seed(5)
+    h1, h2 = torch.randn(n, n, n, generator=g, dtype=torch.float64), torch.randn(n, n, n, generator=g, dtype=torch.float64)
+    mask = soft_mask(n, 0.3 * n, 2.0, 3, dtype=torch.float64)
+    curve = torch.linspace(0.9, 0.1, n // 2 + 1, dtype=torch.float64)
+    a, b, full = masked_half_maps(h1, h2, mask, curve)
+    assert torch.allclose(a, shell_filter(h1 * mask, curve)) and torch.allclose(b, shell_filter(h2 * mask, curve))
+    assert torch.allclose(full, fsc_weighted_average(h1 * mask, h2 * mask, curve)[0])
 
 
 def test_streaming_matches_single_batch():
