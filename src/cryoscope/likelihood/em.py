@@ -527,8 +527,8 @@ def _maximization(
     fractions = (acc.class_weight.sum(0) / acc.class_weight.sum().clamp_min(1e-30)).float().cpu()
     halves, fulls, fscs, res, empty = st.half_maps.clone(), st.maps.clone(), st.fsc_half.clone(), list(st.resolution), []
     unfiltered = halves.clone() if st.unfiltered_half_maps is None else st.unfiltered_half_maps.clone()
-    for k, rec in enumerate(acc.recs):
-        if not filled[k]:
+    for k, ok in enumerate(filled):
+        if not ok:
             empty.append(k)
             fractions[k] = 0.0
             continue
