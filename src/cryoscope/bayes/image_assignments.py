@@ -35,15 +35,17 @@ _EXACT_BLOCK = 2**22  # pixel-component pairs per block of the exact (log-space)
 @dataclass
 class PixelCounts:
     """The occupied pixels of P binned images of edge `box`: image, row (y) and column (x) index and count [R] each;
-    and per single count (C = total counts): its pixel `count_row` [C], its image, row and column `count_pixel`
-    [3, C] and `count_values` [3, C] = rows x, y, x² + y² of its pixel centre (Å, about pixel N // 2)."""
+    the dense counts [P, N, N]; and per single count (C = total counts): its pixel `count_row` [C], its image and
+    its pixel, row and column as flat int32 offsets `count_index` [4, C] (image, (image N + y) N + x, image N + x,
+    image N + y) and `count_values` [3, C] = rows x, y, x² + y² of its pixel centre (Å, about pixel N // 2)."""
 
     image: torch.Tensor
     iy: torch.Tensor
     ix: torch.Tensor
     counts: torch.Tensor
+    dense: torch.Tensor
     count_row: torch.Tensor
-    count_pixel: torch.Tensor
+    count_index: torch.Tensor
     count_values: torch.Tensor
     box: int
     pixel_size: float
@@ -51,21 +53,16 @@ class PixelCounts:
     @staticmethod
     def from_counts(counts: torch.Tensor, pixel_size: float) -> PixelCounts:
         """From counts [P, N, N] (int64, C order: y then x)."""
+        n = counts.shape[-1]
         p, iy, ix = (counts > 0).nonzero(as_tuple=True)
         c = counts[p, iy, ix]
         row = torch.repeat_interleave(torch.arange(c.numel(), device=counts.device), c)
-        grid = centered_coords(counts.shape[-1], counts.device, torch.float64) * pixel_size
+        grid = centered_coords(n, counts.device, torch.float64) * pixel_size
         x, y = grid[ix[row]], grid[iy[row]]
         values = torch.stack([x, y, x * x + y * y])
-        pixel = torch.stack([p[row], iy[row], ix[row]])
-        return PixelCounts(p, iy, ix, c, row, pixel, values, counts.shape[-1], float(pixel_size))
-
-    @property
-    def points(self) -> torch.Tensor:
-        """Pixel centres [R, 2] (x, y; Å about pixel N // 2)."""
-        grid = centered_coords(self.box, self.counts.device, torch.float64) * self.pixel_size
-        return torch.stack([grid[self.ix], grid[self.iy]], -1)
-
+        img, cy, cx = p[row], iy[row], ix[row]
+        index = torch.stack([img, (img * n + cy) * n + cx, img * n + cx, img * n + cy]).to(torch.int32)
+        return PixelCounts(p, iy, ix, c, counts, row, index, values, n, float(pixel_size))
 
 @dataclass
 class ImageStats:
@@ -119,10 +116,12 @@ def _factors(centres: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, p
 
 
 @fused
-def _masses(hx: torch.Tensor, gy: torch.Tensor, b1: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _masses(hx, gy, top_x, top_y, counts, norm: torch.Tensor, b1: int, min_mass: float):
     """Per pixel the mass of every leaf, T [P, N (y), N (x), leaves] = Σ_j g_j(y) h_j(x) over the leaf's components,
     and of every group [P, N, N, b1]. Leaf l belongs to group l mod b1, so a group's mass is a sum of b2 vectors of
-    b1 consecutive leaves (a strided reduction within b1 leaves vectorises poorly: measured 3.5 against 2.0 ms)."""
+    b1 consecutive leaves (a strided reduction within b1 leaves vectorises poorly: measured 3.5 against 2.0 ms).
+    Also which pixels are `good` [P, N, N] (a mass above `min_mass` in the scaled factors), Σ_j y_j log p(x_j) over
+    them for counts [P, N, N] (float64; `norm` = log(s / 2π)) and the number of occupied pixels that are not good."""
     leaf = gy[:, :, None, 0] * hx[:, None, :, 0]
     for j in range(1, hx.shape[2]):
         leaf = leaf + gy[:, :, None, j] * hx[:, None, :, j]
@@ -130,7 +129,11 @@ def _masses(hx: torch.Tensor, gy: torch.Tensor, b1: int) -> tuple[torch.Tensor, 
     group = blocks[..., 0, :]
     for j in range(1, blocks.shape[3]):
         group = group + blocks[..., j, :]
-    return leaf, group
+    total = group.sum(-1)
+    good = total > min_mass
+    log_mass = torch.log(torch.where(good, total, 1.0)).double() + top_x[:, None, :].double() + top_y[:, :, None].double()
+    loglik = torch.where(good, counts * (log_mass + norm), 0.0).sum()
+    return leaf, group, good, loglik, ((counts > 0) & ~good).sum()
 
 
 def _pick(masses: list[torch.Tensor], u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,25 +143,15 @@ def _pick(masses: list[torch.Tensor], u: torch.Tensor) -> tuple[torch.Tensor, to
     for m in masses[1:]:
         run.append(run[-1] + m)
     target = u * run[-1]
-    index = torch.zeros_like(u, dtype=torch.int64)
+    index = torch.zeros_like(u, dtype=torch.int32)
     below = torch.zeros_like(u)
     chosen = masses[0]
     for j, r in enumerate(run[:-1]):
         passed = r <= target
-        index = index + passed.long()
+        index = index + passed.to(torch.int32)
         below = torch.where(passed, r, below)
         chosen = torch.where(passed, masses[j + 1], chosen)
     return index, ((target - below) / chosen).clamp(0.0, _U_MAX)
-
-
-@fused
-def _log_likelihood(group_mass, top_x, top_y, image, iy, ix, counts, norm: torch.Tensor, min_mass: float):
-    """Which occupied pixels [R] have a mass above `min_mass` in the scaled factors, and Σ_j y_j log p(x_j) over
-    them (float64; `norm` = log(s / 2π))."""
-    total = group_mass[image, iy, ix].sum(-1).double()
-    good = total > min_mass
-    log_mass = torch.log(torch.where(good, total, 1.0)) + top_x[image, ix].double() + top_y[image, iy].double()
-    return good, torch.where(good, counts.double() * (log_mass + norm), 0.0).sum()
 
 
 def _uniforms(seed: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -173,25 +166,32 @@ def _uniforms(seed: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     return ((x >> 8) & 0xFFFFFF).to(dtype) * 2.0**-24
 
 
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values[index] for 1-D values and in-range indices: as a gather, which the compiler does not wrap for negative
+    indices (plain indexing adds a compare and select per gathered element)."""
+    return torch.gather(values, 0, index)
+
+
 @fused
-def _descend(group_mass, leaf_mass, hx, gy, pixel, row, good, seed, k: int):
+def _descend(group_mass, leaf_mass, hx, gy, index, good, seed, k: int):
     """(image, component) of each count as the row image · K + component [C] of a [P K, ...] table: its group from
     group_mass [P, N, N, b1], its leaf from leaf_mass [P, N, N, L] and its component from the products of hx, gy
-    [P, N, b3, L], for count pixels [3, C] and uniforms hashed from an int32 seed. A count whose pixel (`row` [C]
-    into `good` [R]) is not good gets row P K, past the table."""
-    n, b1, b3, leaves = group_mass.shape[1], group_mass.shape[-1], hx.shape[2], hx.shape[3]
+    [P, N, b3, L], for the counts' `PixelCounts.count_index` [4, C] and uniforms hashed from an int32 seed. A count
+    whose pixel is not `good` [P, N, N] gets row P K, past the table. Index arithmetic is in the dtype of `index`
+    (int32 unless the tables need more)."""
+    b1, b3, leaves = group_mass.shape[-1], hx.shape[2], hx.shape[3]
     b2 = leaves // b1
-    img, iy, ix = pixel[0], pixel[1], pixel[2]
-    flat = (img * n + iy) * n + ix
+    img, flat, at_x, at_y = index[0], index[1], index[2], index[3]
     gm, lm, hf, gf = group_mass.reshape(-1), leaf_mass.reshape(-1), hx.reshape(-1), gy.reshape(-1)
     u = _uniforms(seed, img.shape[0], hx.dtype)
-    group, u = _pick([gm[flat * b1 + j] for j in range(b1)], u.clamp_max(_U_MAX))
-    block, u = _pick([lm[flat * leaves + j * b1 + group] for j in range(b2)], u)
-    leaf = block * b1 + group
-    at_x = (img * n + ix) * (b3 * leaves) + leaf
-    at_y = (img * n + iy) * (b3 * leaves) + leaf
-    comp, _ = _pick([hf[at_x + j * leaves] * gf[at_y + j * leaves] for j in range(b3)], u)
-    return torch.where(good[row], img * k + (leaf * b3 + comp).clamp_max(k - 1), group_mass.shape[0] * k)
+    group, u = _pick([_take(gm, flat * b1 + j) for j in range(b1)], u.clamp_max(_U_MAX))
+    block, u = _pick([_take(lm, flat * leaves + j * b1 + group) for j in range(b2)], u)
+    leaf = (block * b1 + group).to(index.dtype)
+    at_x = at_x * (b3 * leaves) + leaf
+    at_y = at_y * (b3 * leaves) + leaf
+    comp, _ = _pick([_take(hf, at_x + j * leaves) * _take(gf, at_y + j * leaves) for j in range(b3)], u)
+    chosen = img.long() * k + (leaf * b3 + comp).clamp_max(k - 1)
+    return torch.where(_take(good.reshape(-1), flat), chosen, group_mass.shape[0] * k)
 
 
 def image_assignment_stats(
@@ -218,19 +218,23 @@ def image_assignment_stats(
     # scalars go in as 0-d tensors: a new value then reuses the compiled kernels
     s_t = torch.tensor(s, dtype=compute_dtype, device=centres.device)
     hx, gy, top_x, top_y = _factors(padded, padded_weights, grid, s_t, b3)
-    leaf_mass, group_mass = _masses(hx, gy, b1)
     norm = math.log(s / (2 * math.pi))
-    good, loglik = _log_likelihood(group_mass, top_x, top_y, data.image, data.iy, data.ix, data.counts,
-                                   torch.tensor(norm, dtype=torch.float64, device=centres.device), _min_mass(compute_dtype, k))
+    leaf_mass, group_mass, good, loglik, n_bad = _masses(
+        hx, gy, top_x, top_y, data.dense, torch.tensor(norm, dtype=torch.float64, device=centres.device), b1,
+        _min_mass(compute_dtype, k))
     seed = torch.randint(-(2**31), 2**31, (), generator=generator, dtype=torch.int32, device=centres.device)
-    at = _descend(group_mass, leaf_mass, hx, gy, data.count_pixel, data.count_row, good, seed, k)
+    index = data.count_index
+    if max(leaf_mass.numel(), hx.numel()) >= 2**31:  # offsets past int32
+        index = index.long()
+    at = _descend(group_mass, leaf_mass, hx, gy, index, good, seed, k)
     # per-column bincounts: 3-5x faster than one index_add_ of [C, 4] rows on a CPU; the last bin takes bad pixels' counts
     m = p * k + 1
     acc = [torch.bincount(at, weights=v, minlength=m)[:-1].to(centres.dtype) for v in data.count_values.to(centres.dtype)]
     n = torch.bincount(at, minlength=m)[:-1].to(centres.dtype).reshape(p, k)
     sums, q = torch.stack(acc[:2], -1).reshape(p, k, 2), acc[2].reshape(p, k)
-    if not bool(good.all()):
-        n, sums, q, loglik = _add_underflowed(data, ~good, centres, weights, s, norm, generator, n, sums, q, loglik)
+    if int(n_bad):
+        bad = ~good[data.image, data.iy, data.ix]
+        n, sums, q, loglik = _add_underflowed(data, bad, centres, weights, s, norm, generator, n, sums, q, loglik)
     return ImageStats(n, sums, q, loglik.to(centres.dtype))
 
 
