@@ -2,7 +2,8 @@
 
 On a pixel grid an isotropic 2-D Gaussian is separable: w_k N(x, y | c_k, 1/s) ∝ w_k g_k(y) h_k(x). So every
 pixel's responsibilities are available without truncation. Components form a three-level tree (b1 groups of b2
-leaves of b3 components, each about K^(1/3); component k is in leaf k // b3, leaf l in group l mod b1). The per-pixel
+leaves of b3 components, each about K^(1/3); component k is in leaf k mod L of the L = b1 b2 leaves, leaf l in
+group l mod b1). The per-pixel
 mass of every leaf, T[p, y, x, leaf] = Σ_{k∈leaf} g_k(y) h_k(x), is b3 outer products, and the group masses are
 sums of it. Each count then descends the tree by inverse CDF: its group, its leaf, and its component among the
 leaf's b3 products g_k(y) h_k(x). One uniform (in the compute dtype, float32 by default, like the masses) serves all
@@ -64,6 +65,12 @@ class PixelCounts:
         index = torch.stack([img, (img * n + cy) * n + cx, img * n + cx, img * n + cy]).to(torch.int32)
         return PixelCounts(p, iy, ix, c, counts, row, index, values, n, float(pixel_size))
 
+    @property
+    def points(self) -> torch.Tensor:
+        """Pixel centres [R, 2] (x, y; Å about pixel N // 2)."""
+        grid = centered_coords(self.box, self.counts.device, torch.float64) * self.pixel_size
+        return torch.stack([grid[self.ix], grid[self.iy]], -1)
+
 @dataclass
 class ImageStats:
     """Per (image, component): counts N [P, K], sums of the 2-D pixel centres S [P, K, 2] (x, y; Å) and of their
@@ -98,21 +105,23 @@ def _flushed(f: torch.Tensor) -> torch.Tensor:
 
 
 def _axis_factors(centres: torch.Tensor, grid: torch.Tensor, precision: torch.Tensor, b3: int):
-    """1-D factors exp(-s (x - c)² / 2) [P, N, b3, leaves] (component k = leaf · b3 + j at [..., j, leaf]) for centre
+    """1-D factors exp(-s (x - c)² / 2) [P, N, b3, leaves] (component k = j · leaves + leaf at [..., j, leaf]) for centre
     coordinates [P, leaves · b3] along one axis, scaled so that the largest over the components is 1 at every grid
     line (those below `_floor` are 0), and the log of the scales [P, N]."""
-    c = centres.reshape(centres.shape[0], 1, -1, b3).transpose(-1, -2)  # [P, 1, b3, leaves]
+    c = centres.reshape(centres.shape[0], 1, b3, -1)  # [P, 1, b3, leaves]
     e = -0.5 * precision * (grid[None, :, None, None] - c) ** 2
     top = e.amax((2, 3), keepdim=True)
     return _flushed(torch.exp(e - top)), top.reshape(centres.shape[0], -1)
 
 
 @fused
-def _factors(centres: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, precision: torch.Tensor, b3: int):
-    """h along x and g = w · factor along y, [P, N, b3, leaves] each, and their log scales [P, N]."""
-    hx, top_x = _axis_factors(centres[..., 0], grid, precision, b3)
-    gy, top_y = _axis_factors(centres[..., 1], grid, precision, b3)
-    return hx.contiguous(), _flushed(gy * weights.reshape(-1, b3).T).contiguous(), top_x, top_y
+def _factors(cx: torch.Tensor, cy: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, precision: torch.Tensor,
+             b3: int):
+    """h along x and g = w · factor along y, [P, N, b3, leaves] each, for centre coordinates cx, cy [P, b3 · leaves]
+    (each contiguous), and their log scales [P, N]."""
+    hx, top_x = _axis_factors(cx, grid, precision, b3)
+    gy, top_y = _axis_factors(cy, grid, precision, b3)
+    return hx, _flushed(gy * weights.reshape(b3, -1)), top_x, top_y
 
 
 @fused
@@ -190,7 +199,7 @@ def _descend(group_mass, leaf_mass, hx, gy, index, good, seed, k: int):
     at_x = at_x * (b3 * leaves) + leaf
     at_y = at_y * (b3 * leaves) + leaf
     comp, _ = _pick([_take(hf, at_x + j * leaves) * _take(gf, at_y + j * leaves) for j in range(b3)], u)
-    chosen = img.long() * k + (leaf * b3 + comp).clamp_max(k - 1)
+    chosen = img.long() * k + (comp * leaves + leaf).clamp_max(k - 1)
     return torch.where(_take(good.reshape(-1), flat), chosen, group_mass.shape[0] * k)
 
 
@@ -213,11 +222,11 @@ def image_assignment_stats(
     pad = leaves * b3 - k  # padding components have weight 0 and are never drawn
     grid = centered_coords(n_px, centres.device, compute_dtype) * data.pixel_size
     # padding repeats the last centre (so the factor scales are those of the real components) with weight 0
-    padded = torch.cat([centres, centres[:, -1:].expand(p, pad, 2)], 1).to(compute_dtype)
+    padded = torch.cat([centres, centres[:, -1:].expand(p, pad, 2)], 1).to(compute_dtype).permute(2, 0, 1).contiguous()
     padded_weights = torch.nn.functional.pad(weights.to(compute_dtype), (0, pad))
     # scalars go in as 0-d tensors: a new value then reuses the compiled kernels
     s_t = torch.tensor(s, dtype=compute_dtype, device=centres.device)
-    hx, gy, top_x, top_y = _factors(padded, padded_weights, grid, s_t, b3)
+    hx, gy, top_x, top_y = _factors(padded[0], padded[1], padded_weights, grid, s_t, b3)
     norm = math.log(s / (2 * math.pi))
     leaf_mass, group_mass, good, loglik, n_bad = _masses(
         hx, gy, top_x, top_y, data.dense, torch.tensor(norm, dtype=torch.float64, device=centres.device), b1,
