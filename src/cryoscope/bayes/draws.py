@@ -1,4 +1,5 @@
-"""Gamma, Dirichlet and chi-squared draws from an explicit `torch.Generator` (torch's own take only the global RNG).
+"""Gamma, Dirichlet and chi-squared draws from an explicit `torch.Generator` (`torch.distributions` takes only the
+global RNG).
 
 Rates, not scales: Gamma(shape a, rate b) has mean a / b (the thesis's convention; numpy's gamma takes a scale).
 """
@@ -7,33 +8,12 @@ from __future__ import annotations
 
 import torch
 
-_PROPOSALS = 4  # per element and round (acceptance >= 95 %: nearly every element finishes in the first round)
-
 
 def standard_gamma(shape: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Gamma(shape, rate 1) draws, elementwise (shape > 0), by Marsaglia & Tsang (2000) with the a < 1 boost."""
+    """Gamma(shape, rate 1) draws, elementwise (shape > 0), from the generator's stream (torch's native sampler:
+    Marsaglia & Tsang with the a < 1 boost, one kernel on CPU or GPU)."""
     shape = shape if isinstance(shape, torch.Tensor) else torch.as_tensor(shape)
-    small = shape < 1
-    a = torch.where(small, shape + 1, shape)
-    d = a - 1 / 3
-    c = 1 / torch.sqrt(9 * d)
-    out = torch.empty_like(a)
-    todo = torch.arange(a.numel(), device=a.device)
-    d_flat, c_flat, out_flat = d.reshape(-1), c.reshape(-1), out.view(-1)
-    while todo.numel():
-        # _PROPOSALS proposals per element and round; each keeps its first accepted one (sequential rejection, batched)
-        x = torch.randn(todo.numel(), _PROPOSALS, generator=generator, dtype=a.dtype, device=a.device)
-        v = (1 + c_flat[todo, None] * x) ** 3
-        u = torch.rand(todo.numel(), _PROPOSALS, generator=generator, dtype=a.dtype, device=a.device)
-        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d_flat[todo, None] * (1 - v + torch.log(v.clamp_min(1e-300))))
-        done = ok.any(-1)
-        first = ok.to(torch.int8).argmax(-1)
-        out_flat[todo[done]] = (d_flat[todo] * v[torch.arange(todo.numel(), device=a.device), first])[done]
-        todo = todo[~done]
-    if bool(small.any()):
-        u = torch.rand(shape.shape, generator=generator, dtype=a.dtype, device=a.device)
-        out = torch.where(small, out * u ** (1 / shape), out)
-    return out
+    return torch._standard_gamma(shape, generator=generator)
 
 
 def gamma(shape: torch.Tensor | float, rate: torch.Tensor | float, generator: torch.Generator | None = None,

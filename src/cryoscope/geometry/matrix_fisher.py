@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from cryoscope.errors import InvalidValueError
+from cryoscope.fusion import fused
 from cryoscope.geometry.rotations import quaternion_to_matrix
 
 _MAX_ROUNDS = 50
@@ -23,15 +24,27 @@ _PROPOSALS = 8  # per row and round: at >= 50 % acceptance all rows of a small b
 _DIM = 4  # quaternions live on S³ in R⁴
 
 
-def proper_svd(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """F [..., 3, 3] = U diag(d) Vᵀ with U, V in SO(3) and d_1 >= d_2 >= |d_3| (d_3 < 0 when det F < 0)."""
-    U, d, Vh = torch.linalg.svd(F)
+def _det3(m: torch.Tensor) -> torch.Tensor:
+    """Determinants of [..., 3, 3] matrices (cofactor expansion: fusable, unlike an LU factorisation)."""
+    return (m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
+            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
+            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0]))
+
+
+@fused
+def _proper(U: torch.Tensor, d: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An SVD U diag(d) Vh made proper: the last columns of U and V flipped where their determinant is -1."""
     V = Vh.transpose(-1, -2)
-    su, sv = torch.sign(torch.det(U)), torch.sign(torch.det(V))
+    su, sv = torch.sign(_det3(U)), torch.sign(_det3(V))
     last = torch.ones_like(d)
     U = U * torch.stack([last[..., 0], last[..., 1], su], -1)[..., None, :]
     V = V * torch.stack([last[..., 0], last[..., 1], sv], -1)[..., None, :]
     return U, d * torch.stack([last[..., 0], last[..., 1], su * sv], -1), V
+
+
+def proper_svd(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """F [..., 3, 3] = U diag(d) Vᵀ with U, V in SO(3) and d_1 >= d_2 >= |d_3| (d_3 < 0 when det F < 0)."""
+    return _proper(*torch.linalg.svd(F))
 
 
 def chordal_mean(rotations: torch.Tensor) -> torch.Tensor:
@@ -52,31 +65,61 @@ def _acg_parameter(lam: torch.Tensor) -> torch.Tensor:
     return b.clamp(1.0, float(_DIM))
 
 
-def sample_bingham(lam: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Unit vectors x [..., 4] with density ∝ exp(-Σ lam_i x_i²) on S³ (lam [..., 4] >= 0, min 0)."""
-    shape = lam.shape
+@fused
+def _bingham_envelope(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The angular central Gaussian envelope of the Bingham density for lam [B, 4]: the diagonal of its precision
+    [B, 4] and log sup f / g [B]."""
     b = _acg_parameter(lam)
-    omega = 1 + 2 * lam / b[..., None]  # diagonal of the envelope's precision
-    log_m = -(_DIM - b) / 2 + (_DIM / 2) * torch.log(_DIM / b)  # log sup f / g
-    lam, omega, log_m = lam.reshape(-1, _DIM), omega.reshape(-1, _DIM), log_m.reshape(-1)
+    omega = 1 + 2 * lam / b[..., None]
+    return omega, -(_DIM - b) / 2 + (_DIM / 2) * torch.log(_DIM / b)
+
+
+@fused
+def _bingham_round(y: torch.Tensor, u: torch.Tensor, lam: torch.Tensor, omega: torch.Tensor, log_m: torch.Tensor):
+    """One round of proposals, from standard normals y [B, R, 4] and uniforms u [B, R]: per row the first accepted
+    proposal [B, 4] and whether there was one [B]."""
+    y = y / omega[:, None].sqrt()
+    x = y / y.norm(dim=-1, keepdim=True)
+    log_ratio = -(lam[:, None] * x * x).sum(-1) + (_DIM / 2) * torch.log((omega[:, None] * x * x).sum(-1)) - log_m[:, None]
+    accept = torch.log(u) < log_ratio
+    first = accept.to(torch.int8).argmax(-1)
+    return torch.gather(x, 1, first[:, None, None].expand(-1, 1, _DIM))[:, 0], accept.any(-1)
+
+
+def sample_bingham(lam: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Unit vectors x [..., 4] with density ∝ exp(-Σ lam_i x_i²) on S³ (lam [..., 4] >= 0, min 0).
+
+    Rejection from the envelope in rounds of _PROPOSALS proposals for every row (fixed shapes, so each round is one
+    fused kernel); a row keeps the first proposal accepted, in round order, which is an exact draw."""
+    shape = lam.shape
+    lam = lam.reshape(-1, _DIM)
+    omega, log_m = _bingham_envelope(lam)
     out = torch.empty_like(lam)
-    todo = torch.arange(lam.shape[0], device=lam.device)
+    done = torch.zeros(lam.shape[0], dtype=torch.bool, device=lam.device)
     for _ in range(_MAX_ROUNDS):
-        if todo.numel() == 0:
+        y = torch.randn(lam.shape[0], _PROPOSALS, _DIM, generator=generator, dtype=lam.dtype, device=lam.device)
+        u = torch.rand(lam.shape[0], _PROPOSALS, generator=generator, dtype=lam.dtype, device=lam.device)
+        x, ok = _bingham_round(y, u, lam, omega, log_m)
+        out = torch.where((ok & ~done)[:, None], x, out)
+        done = done | ok
+        if bool(done.all()):
             return out.reshape(shape)
-        # _PROPOSALS proposals per row and round; a row keeps its first accepted one (sequential rejection, batched)
-        y = torch.randn(todo.numel(), _PROPOSALS, _DIM, generator=generator, dtype=lam.dtype, device=lam.device)
-        y = y / omega[todo, None].sqrt()
-        x = y / y.norm(dim=-1, keepdim=True)
-        lam_t, omega_t = lam[todo, None], omega[todo, None]
-        log_ratio = -(lam_t * x * x).sum(-1) + (_DIM / 2) * torch.log((omega_t * x * x).sum(-1)) - log_m[todo, None]
-        u = torch.rand(todo.numel(), _PROPOSALS, generator=generator, dtype=lam.dtype, device=lam.device)
-        accept = torch.log(u) < log_ratio
-        done = accept.any(-1)
-        first = accept.to(torch.int8).argmax(-1)
-        out[todo[done]] = x[done, first[done]]
-        todo = todo[~done]
     raise InvalidValueError("matrix Fisher sampler: rejection sampling did not finish (non-finite parameter?)")
+
+
+@fused
+def _bingham_parameter(d: torch.Tensor) -> torch.Tensor:
+    """lam [B, 4] of the Bingham density of the quaternion of Q for exp(tr(diag(d) Q)), d [B, 3] proper singular
+    values: qᵀ B q with B = diag(d1+d2+d3, d1-d2-d3, -d1+d2-d3, -d1-d2+d3), less its largest entry (the first)."""
+    d1, d2, d3 = d.unbind(-1)
+    return torch.stack([torch.zeros_like(d1), 2 * (d2 + d3), 2 * (d1 + d3), 2 * (d1 + d2)], -1).clamp_min(0)
+
+
+@fused
+def _rotate(U: torch.Tensor, q: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """U Q(q) Vᵀ [B, 3, 3]."""
+    Q = quaternion_to_matrix(q)
+    return (U[:, :, :, None, None] * Q[:, None, :, :, None] * V.transpose(-1, -2)[:, None, None]).sum((2, 3))
 
 
 def sample_matrix_fisher(F: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -91,8 +134,5 @@ def sample_matrix_fisher(F: torch.Tensor, generator: torch.Generator | None = No
     batch = F.shape[:-2]
     F = F.reshape(-1, 3, 3)
     U, d, V = proper_svd(F)
-    d1, d2, d3 = d.unbind(-1)
-    # qᵀ B q with B = diag(d1+d2+d3, d1-d2-d3, -d1+d2-d3, -d1-d2+d3); subtract its largest entry (the first)
-    lam = torch.stack([torch.zeros_like(d1), 2 * (d2 + d3), 2 * (d1 + d3), 2 * (d1 + d2)], -1).clamp_min(0)
-    Q = quaternion_to_matrix(sample_bingham(lam, generator))
-    return (U @ Q @ V.transpose(-1, -2)).reshape(*batch, 3, 3)
+    q = sample_bingham(_bingham_parameter(d), generator)
+    return _rotate(U, q, V).reshape(*batch, 3, 3)
