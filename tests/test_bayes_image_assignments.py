@@ -100,3 +100,16 @@ def test_hashed_uniforms_are_uniform_and_independent_across_counts_and_seeds():
     cells = torch.bincount((u[:-1:2] * 8).long() * 8 + (u[1::2] * 8).long(), minlength=64)
     expected = n / 2 / 64
     assert float(((cells - expected) ** 2 / expected).sum()) < 64 + 5 * 128**0.5
+
+
+def test_int64_offsets_give_the_same_draws_as_int32():
+    # the descent gathers by int32 offsets, and by int64 ones past 2^31 table entries (or off the CPU): the same draws
+    g = torch.Generator().manual_seed(4)
+    p, k, box, px = 2, 30, 12, 4.0
+    centres = torch.randn(p, k, 2, generator=g, dtype=torch.float64) * 10
+    weights = torch.full((k,), 1 / k, dtype=torch.float64)
+    data = PixelCounts.from_counts(torch.randint(0, 6, (p, box, box), generator=g), px)
+    wide = PixelCounts(**{**data.__dict__, "count_index": data.count_index.long()})
+    assert data.count_index.dtype == torch.int32
+    a, b = (image_assignment_stats(d, centres, weights, 0.02, torch.Generator().manual_seed(9)) for d in (data, wide))
+    assert torch.equal(a.n, b.n) and torch.equal(a.s, b.s) and a.n.sum() == data.counts.sum()

@@ -3,13 +3,12 @@
 On a pixel grid an isotropic 2-D Gaussian is separable: w_k N(x, y | c_k, 1/s) ∝ w_k g_k(y) h_k(x). So every
 pixel's responsibilities are available without truncation. Components form a three-level tree (b1 groups of b2
 leaves of b3 components, each about K^(1/3); component k is in leaf k mod L of the L = b1 b2 leaves, leaf l in
-group l mod b1). The per-pixel
-mass of every leaf, T[p, y, x, leaf] = Σ_{k∈leaf} g_k(y) h_k(x), is b3 outer products, and the group masses are
-sums of it. Each count then descends the tree by inverse CDF: its group, its leaf, and its component among the
-leaf's b3 products g_k(y) h_k(x). One uniform (in the compute dtype, float32 by default, like the masses) serves all
-three levels (its position inside the chosen bin is again uniform). The work per sweep is
-O(P K N²) multiply-adds for T and O(counts · K^(1/3)) for the draws, against O(counts · K) for a dense evaluation.
-Factors, masses and the descent are fused kernels (`cryoscope.fusion`).
+group l mod b1). The per-pixel mass of every leaf, T[p, y, x, leaf] = Σ_{k∈leaf} g_k(y) h_k(x), is b3 outer
+products, and the group masses are sums of it. Each count then descends the tree by inverse CDF: its group, its
+leaf, and its component among the leaf's b3 products g_k(y) h_k(x). One uniform (in the compute dtype, float32 by
+default, like the masses) serves all three levels (its position inside the chosen bin is again uniform). The work
+per sweep is O(P K N²) multiply-adds for T and O(counts · K^(1/3)) for the draws, against O(counts · K) for a dense
+evaluation. Factors, masses (with the log-likelihood) and the descent are fused kernels (`cryoscope.fusion`).
 
 The 1-D factors are scaled per image row/column (the largest factor is 1), which keeps them finite far from
 the mixture. Factors below `_floor` (the square root of the smallest normal number) are set to 0, so that no product
@@ -233,8 +232,8 @@ def image_assignment_stats(
         _min_mass(compute_dtype, k))
     seed = torch.randint(-(2**31), 2**31, (), generator=generator, dtype=torch.int32, device=centres.device)
     index = data.count_index
-    if max(leaf_mass.numel(), hx.numel()) >= 2**31:  # offsets past int32
-        index = index.long()
+    if max(leaf_mass.numel(), hx.numel()) >= 2**31 or index.device.type != "cpu":
+        index = index.long()  # offsets past int32; int32 gathers are a CPU gain, not checked on GPUs
     at = _descend(group_mass, leaf_mass, hx, gy, index, good, seed, k)
     # per-column bincounts: 3-5x faster than one index_add_ of [C, 4] rows on a CPU; the last bin takes bad pixels' counts
     m = p * k + 1
