@@ -26,8 +26,11 @@ import torch
 from cryoscope.errors import InvalidValueError
 from cryoscope.physics.fourier import centered_coords
 
-# Bound on the elements of one transient factor ([chunk, box, box] or [chunk, M, box]) in rendering.
+# Bounds on the elements of one transient factor in rendering: [chunk, box, box] for volumes (few passes over the
+# output), [chunk, M, box] for images (cache-sized: 6-7x faster than 2^24 for 1000-5000 projections at K = 100-1000,
+# where the large blocks went to fresh pages on every call).
 _RENDER_CHUNK = 1 << 24
+_PROJECT_CHUNK = 1 << 18
 
 
 def _check(centres: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor) -> None:
@@ -82,7 +85,7 @@ def _per_image(c2: torch.Tensor, amplitudes: torch.Tensor, sigmas: torch.Tensor,
     n, m = c2.shape[:2]
     a = amplitudes.expand(n, -1)
     s = sigmas.expand(n, -1)
-    chunk = max(1, _RENDER_CHUNK // (m * box))
+    chunk = max(1, _PROJECT_CHUNK // (m * box))
     out = []
     for i in range(0, n, chunk):
         fy, fx = kernel(c2[i : i + chunk], s[i : i + chunk])
