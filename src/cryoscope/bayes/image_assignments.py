@@ -70,6 +70,7 @@ class PixelCounts:
         grid = centered_coords(self.box, self.counts.device, torch.float64) * self.pixel_size
         return torch.stack([grid[self.ix], grid[self.iy]], -1)
 
+
 @dataclass
 class ImageStats:
     """Per (image, component): counts N [P, K], sums of the 2-D pixel centres S [P, K, 2] (x, y; Å) and of their
@@ -104,9 +105,9 @@ def _flushed(f: torch.Tensor) -> torch.Tensor:
 
 
 def _axis_factors(centres: torch.Tensor, grid: torch.Tensor, precision: torch.Tensor, b3: int):
-    """1-D factors exp(-s (x - c)² / 2) [P, N, b3, leaves] (component k = j · leaves + leaf at [..., j, leaf]) for centre
-    coordinates [P, leaves · b3] along one axis, scaled so that the largest over the components is 1 at every grid
-    line (those below `_floor` are 0), and the log of the scales [P, N]."""
+    """1-D factors exp(-s (x - c)² / 2) [P, N, b3, leaves] (component k = j · leaves + leaf at [..., j, leaf]) for
+    centre coordinates [P, leaves · b3] along one axis, scaled so that the largest over the components is 1 at every
+    grid line (those below `_floor` are 0), and the log of the scales [P, N]."""
     c = centres.reshape(centres.shape[0], 1, b3, -1)  # [P, 1, b3, leaves]
     e = -0.5 * precision * (grid[None, :, None, None] - c) ** 2
     top = e.amax((2, 3), keepdim=True)
@@ -124,7 +125,8 @@ def _factors(cx: torch.Tensor, cy: torch.Tensor, weights: torch.Tensor, grid: to
 
 
 @fused
-def _masses(hx, gy, top_x, top_y, counts, norm: torch.Tensor, b1: int, min_mass: float):
+def _masses(hx: torch.Tensor, gy: torch.Tensor, top_x: torch.Tensor, top_y: torch.Tensor, counts: torch.Tensor,
+            norm: torch.Tensor, b1: int, min_mass: float):
     """Per pixel the mass of every leaf, T [P, N (y), N (x), leaves] = Σ_j g_j(y) h_j(x) over the leaf's components,
     and of every group [P, N, N, b1]. Leaf l belongs to group l mod b1, so a group's mass is a sum of b2 vectors of
     b1 consecutive leaves (a strided reduction within b1 leaves vectorises poorly: measured 3.5 against 2.0 ms).
@@ -139,7 +141,8 @@ def _masses(hx, gy, top_x, top_y, counts, norm: torch.Tensor, b1: int, min_mass:
         group = group + blocks[..., j, :]
     total = group.sum(-1)
     good = total > min_mass
-    log_mass = torch.log(torch.where(good, total, 1.0)).double() + top_x[:, None, :].double() + top_y[:, :, None].double()
+    log_mass = torch.log(torch.where(good, total, 1.0)).double() + top_x[:, None, :].double()
+    log_mass = log_mass + top_y[:, :, None].double()
     loglik = torch.where(good, counts * (log_mass + norm), 0.0).sum()
     return leaf, group, good, loglik, ((counts > 0) & ~good).sum()
 
@@ -181,7 +184,8 @@ def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 @fused
-def _descend(group_mass, leaf_mass, hx, gy, index, good, seed, k: int):
+def _descend(group_mass: torch.Tensor, leaf_mass: torch.Tensor, hx: torch.Tensor, gy: torch.Tensor, index: torch.Tensor,
+             good: torch.Tensor, seed: torch.Tensor, k: int) -> torch.Tensor:
     """(image, component) of each count as the row image · K + component [C] of a [P K, ...] table: its group from
     group_mass [P, N, N, b1], its leaf from leaf_mass [P, N, N, L] and its component from the products of hx, gy
     [P, N, b3, L], for the counts' `PixelCounts.count_index` [4, C] and uniforms hashed from an int32 seed. A count

@@ -80,7 +80,8 @@ def _bingham_round(y: torch.Tensor, u: torch.Tensor, lam: torch.Tensor, omega: t
     proposal [B, 4] and whether there was one [B]."""
     y = y / omega[:, None].sqrt()
     x = y / y.norm(dim=-1, keepdim=True)
-    log_ratio = -(lam[:, None] * x * x).sum(-1) + (_DIM / 2) * torch.log((omega[:, None] * x * x).sum(-1)) - log_m[:, None]
+    log_g = (_DIM / 2) * torch.log((omega[:, None] * x * x).sum(-1))  # -log envelope density, up to a constant
+    log_ratio = -(lam[:, None] * x * x).sum(-1) + log_g - log_m[:, None]
     accept = torch.log(u) < log_ratio
     first = accept.to(torch.int8).argmax(-1)
     return torch.gather(x, 1, first[:, None, None].expand(-1, 1, _DIM))[:, 0], accept.any(-1)
