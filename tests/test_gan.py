@@ -155,6 +155,18 @@ def test_cryogan_command_writes_half_maps_metrics_and_resumes(dataset, tmp_path)
     assert main([*args, "--resume", "--critic-steps", "2"]) == 2  # other options: refused
 
 
+def test_cryogan_time_limit_stops_each_half_early_writes_outputs_and_resume_finishes(dataset, tmp_path):
+    out = tmp_path / "gan"
+    args = ["cryogan", str(dataset / "sim" / "particles.star"), "-o", str(out), "--stages", "8:2,16:1000", "--batch-size", "4",
+            "--critic-steps", "1", "--critic-base", "4", "--checkpoint-every", "1000", "--seed", "1", "--no-progress"]
+    assert main([*args, "--time-limit", "0.001"]) == 0  # one iteration per half, then checkpoints and outputs
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["stopped_by_time_limit"] and m["iterations_per_set"] == [1, 1] and (out / "half_map2.mrc").is_file()
+    assert main([*args[:5], "8:2,16:1", *args[6:], "--resume"]) == 2  # a different schedule is refused
+    assert main([*args, "--resume", "--time-limit", "0.001"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["iterations_per_set"] == [2, 2]
+
+
 def test_multicryogan_command_reports_the_recovered_state_fractions(dataset, tmp_path):
     out = tmp_path / "multi"
     sim = dataset / "sim2"

@@ -13,7 +13,7 @@ import typer
 
 def _params(values: dict, command: str) -> dict:
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
-    return {"command": command, **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device")}}
+    return {"command": command, **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device", "time_limit")}}
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         montage_images: int = typer.Option(6, help="Real images per sub-domain in the report's montages."),
         checkpoint_every: int = typer.Option(500, help="Checkpoint (and log) every this many iterations."),
         resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt (same options required)."),
+        time_limit: float = typer.Option(None, help="Wall-clock limit on training, seconds: training stops there, checkpoints and writes its outputs (continue with --resume)."),
         seed: int = typer.Option(0, help="Random seed."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            metrics = run_train(params, out, resume, progress, device)
+            metrics = run_train(params, out, resume, progress, device, time_limit)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         finish_run(out, params, metrics, started)

@@ -51,6 +51,7 @@ def _command(kind: str):
         pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (when the STAR file has none)."),
         checkpoint_every: int = typer.Option(25, help="Checkpoint (and log) every this many generator iterations."),
         resume: bool = typer.Option(False, help="Continue from OUT/half*/checkpoint.pt (same options required)."),
+        time_limit: float = typer.Option(None, help="Wall-clock limit on training, seconds, shared equally by the half-sets: training stops there, checkpoints and writes its outputs (continue with --resume)."),
         seed: int = typer.Option(0, help="Random seed."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -60,13 +61,13 @@ def _command(kind: str):
         started = time.perf_counter()
         params = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in ("started", "kind", "multi", "run_gan")}
         params["background"] = [str(p) for p in background or []]
-        params = {"command": kind, **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device")}}
+        params = {"command": kind, **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device", "time_limit")}}
         if not multi:
             for k in ("latent", "n_basis", "maps_per_batch", "truth_star"):
                 params.pop(k)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            metrics = run_gan(params, out, _stages(stages), resume, progress, device, started)
+            metrics = run_gan(params, out, _stages(stages), resume, progress, device, started, time_limit)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         for key in ("halfmap_fsc_0.143_A", "truth_fsc_0.5_A", "latent_wasserstein"):

@@ -11,7 +11,7 @@ import typer
 
 def _params(values: dict, command: str) -> dict:
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
-    return {"command": command, **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device")}}
+    return {"command": command, **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device", "time_limit")}}
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         pixel_size: float = typer.Option(None, "--pixel-size", help="Pixel size, Å (when the STAR file has none)."),
         checkpoint_every: int = typer.Option(500, help="Checkpoint (and log) every this many steps."),
         resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt (same options required)."),
+        time_limit: float = typer.Option(None, help="Wall-clock limit on training, seconds: training stops there, checkpoints and writes its outputs (continue with --resume)."),
         seed: int = typer.Option(0, help="Random seed."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
         from cryoscope.workflows.likelihood import finish_run
         from cryoscope.workflows.vaegan import run_train
 
-        metrics = run_train(params, out, resume, progress, device)
+        metrics = run_train(params, out, resume, progress, device, time_limit)
         if metrics:
             finish_run(out, params, metrics, started)
             typer.echo(f"{metrics['images_per_second']:.1f} images/s; noise sigma {metrics['noise_sigma']:.3f}; wrote {out}/checkpoint.pt")

@@ -28,6 +28,7 @@ from cryoscope.device import resolve_device
 from cryoscope.errors import InvalidValueError, MissingDataError
 from cryoscope.io.checkpoint import CheckpointDir
 from cryoscope.io.runinfo import write_log_csv, write_params_json
+from cryoscope.nn.loop import train_loop
 from cryoscope.report.html import ReportFigure, ReportSection, write_report
 from cryoscope.report.plots import plot_montage, plot_training
 
@@ -55,7 +56,7 @@ def _evenly(images: torch.Tensor, k: int) -> torch.Tensor:
     return images[np.linspace(0, len(images) - 1, min(k, len(images))).astype(np.int64)]
 
 
-def run_train(p: dict, out: FilePath, resume: bool, progress: bool, device: str) -> dict:
+def run_train(p: dict, out: FilePath, resume: bool, progress: bool, device: str, time_limit: float | None = None) -> dict:
     """`cryoscope conceptgan train`: read the three observed sub-domains, train with checkpoints, report."""
     out = FilePath(out)
     dev = resolve_device(device)
@@ -73,19 +74,19 @@ def run_train(p: dict, out: FilePath, resume: bool, progress: bool, device: str)
         warnings.warn(f"{ckpt.path}: no checkpoint to resume from; starting from the beginning", stacklevel=2)
     write_params_json(out / "params.json", p)  # before training, so that a run still going can already generate
     bar = tqdm(total=settings.iterations, initial=trainer.step_count, desc="conceptgan", unit="it", disable=not progress)
-    while trainer.step_count < settings.iterations:
-        entry = trainer.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}")
-        if trainer.step_count % p["checkpoint_every"] == 0 or trainer.step_count == settings.iterations:
-            ckpt.save(trainer.step_count, {"trainer": trainer.state_dict(), "normalisation": asdict(norm), "pixel_size": px})
-            write_log_csv(out / "log.csv", trainer.history)
-    bar.close()
+
+    def save() -> None:
+        ckpt.save(trainer.step_count, {"trainer": trainer.state_dict(), "normalisation": asdict(norm), "pixel_size": px})
+        write_log_csv(out / "log.csv", trainer.history)
+
+    stopped = train_loop(trainer.step, lambda: trainer.step_count, settings.iterations, save, p["checkpoint_every"], bar,
+                         lambda e: {"loss": f"{e['loss']:.3f}"}, time_limit)
     history = trainer.history
     last = history[-max(1, len(history) // 20):]
     keys = [k for k in history[0] if k not in ("iteration", "lr", "seconds")]
     metrics = {**{f"n_{d}": len(x) for d, x in images.items()}, "box": p["box"], "pixel_size_A": px,
-               "iterations": trainer.step_count, "normalisation_offset": norm.offset, "normalisation_scale": norm.scale,
+               "iterations": trainer.step_count, "stopped_by_time_limit": stopped, "time_limit_s": time_limit,
+               "normalisation_offset": norm.offset, "normalisation_scale": norm.scale,
                "seconds_per_iteration": float(np.median([e["seconds"] for e in history])),
                **{f"final_{k}": float(np.mean([e[k] for e in last])) for k in keys}}
     _train_report(out, trainer, images, keys, metrics, p["montage_images"])

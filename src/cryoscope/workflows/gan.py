@@ -24,6 +24,7 @@ from cryoscope.gan.volume import ConformationGenerator, DensityMap
 from cryoscope.io.checkpoint import CheckpointDir
 from cryoscope.io.mrc import write_map
 from cryoscope.io.runinfo import write_log_csv
+from cryoscope.nn.loop import train_loop
 from cryoscope.physics.ctf import compute_ctf
 from cryoscope.physics.filters import soft_mask
 from cryoscope.physics.forward import ImageFormation
@@ -95,9 +96,11 @@ def build_simulator(data: GANData, radius: float, poses: str, shifts: str, max_s
 
 
 def train_half(data: GANData, indices: torch.Tensor, simulator: Simulator, settings: GANSettings, out_dir: Path, params: dict,
-               resume: bool, progress: bool, checkpoint_every: int, ctx: DistContext, label: str) -> GANTrainer:
-    """Train on particles `indices`, checkpointing every `checkpoint_every` iterations in `out_dir` (and at the end);
-    under torch.distributed every rank trains on its own minibatches and rank 0 writes."""
+               resume: bool, progress: bool, checkpoint_every: int, ctx: DistContext, label: str,
+               time_limit: float | None = None) -> tuple[GANTrainer, bool]:
+    """Train on particles `indices`, checkpointing every `checkpoint_every` iterations in `out_dir` (and at the end),
+    for at most `time_limit` seconds; under torch.distributed every rank trains on its own minibatches and rank 0
+    writes. Returns the trainer and whether the time limit stopped it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     real = RealImages(data.stack, indices, data.scale, ctx.device, data.source)
     trainer = GANTrainer(simulator.to(ctx.device), real, settings, ctx)
@@ -106,15 +109,14 @@ def train_half(data: GANData, indices: torch.Tensor, simulator: Simulator, setti
         trainer.load_state_dict(ckpt.load()[1])
     total = settings.iterations
     bar = tqdm(total=total, initial=trainer.iteration, desc=label, unit="it", disable=not (progress and ctx.is_main))
-    while trainer.iteration < total:
-        entry = trainer.step()
-        bar.update(1)
-        bar.set_postfix(box=entry["box"], W=f"{entry['wasserstein']:.3f}")
-        if ctx.is_main and (trainer.iteration % checkpoint_every == 0 or trainer.iteration == total):
-            ckpt.save(trainer.iteration, trainer.state_dict())
-            write_log_csv(out_dir / "log.csv", trainer.history)
-    bar.close()
-    return trainer
+
+    def save() -> None:
+        ckpt.save(trainer.iteration, trainer.state_dict())
+        write_log_csv(out_dir / "log.csv", trainer.history)
+
+    stopped = train_loop(trainer.step, lambda: trainer.iteration, total, save, checkpoint_every, bar,
+                         lambda e: {"box": e["box"], "W": f"{e['wasserstein']:.3f}"}, time_limit, ctx)
+    return trainer, stopped
 
 
 def half_indices(n: int, halves: bool) -> list[torch.Tensor]:
@@ -201,18 +203,20 @@ def write_training_plot(out: Path, trainers: list[GANTrainer]) -> None:
     plot_training(out / "training.png", history, LOG_KEYS, "CryoGAN training (half 1)" if len(trainers) > 1 else "CryoGAN training")
 
 
-def run_gan(params: dict, out: Path, stages: list[tuple[int, int]], resume: bool, progress: bool, device: str, started: float) -> dict:
+def run_gan(params: dict, out: Path, stages: list[tuple[int, int]], resume: bool, progress: bool, device: str, started: float,
+            time_limit: float | None = None) -> dict:
     """`cryoscope cryogan` / `multicryogan` with the CLI's `params`: train each half-set, write maps and metrics."""
     from cryoscope.distributed import finalize_distributed, init_distributed
 
     p, out, ctx = params, Path(out), init_distributed(device)
     try:
-        return _run_gan(p, out, stages, resume, progress, ctx, started)
+        return _run_gan(p, out, stages, resume, progress, ctx, started, time_limit)
     finally:
         finalize_distributed(ctx)
 
 
-def _run_gan(p: dict, out: Path, stages: list[tuple[int, int]], resume: bool, progress: bool, ctx: DistContext, started: float) -> dict:
+def _run_gan(p: dict, out: Path, stages: list[tuple[int, int]], resume: bool, progress: bool, ctx: DistContext, started: float,
+             time_limit: float | None) -> dict:
     from cryoscope.physics.noise import load_background_patches
     from cryoscope.workflows.likelihood import finish_run, open_particles, read_references
 
@@ -227,18 +231,23 @@ def _run_gan(p: dict, out: Path, stages: list[tuple[int, int]], resume: bool, pr
     settings = dict(stages=stages, batch_size=p["batch_size"], critic_steps=p["critic_steps"], gp_weight=p["gp_weight"],
                     critic_lr=p["critic_lr"], generator_lr=p["generator_lr"], critic_base=p["critic_base"], ema_decay=p["ema_decay"])
     protect = tuple(x for x in (p["star"], p.get("truth_star")) if x)
-    trainers = []
-    for h, idx in enumerate(half_indices(meta.n, p["halves"])):
+    trainers, stopped, sets = [], [], half_indices(meta.n, p["halves"])
+    for h, idx in enumerate(sets):
         sim = build_simulator(data, radius, p["poses"], p["shifts"], p["max_shift"], p["noise"] != "fixed", background,
                               p["symmetry"], p.get("latent") if multi else None, p.get("n_basis", 4), p.get("maps_per_batch", 8),
                               p["seed"] * 1000 + h, p["positivity"])
         gs = GANSettings(**settings, seed=p["seed"] * 1000 + h)
         label = f"half {h + 1}" if p["halves"] else "train"
-        trainers.append(train_half(data, idx, sim, gs, out / f"half{h + 1}", p, resume, progress, p["checkpoint_every"], ctx, label))
+        budget = None if time_limit is None else time_limit / len(sets)  # the same training time for each half-set
+        trainer, stop = train_half(data, idx, sim, gs, out / f"half{h + 1}", p, resume, progress, p["checkpoint_every"], ctx,
+                                   label, budget)
+        trainers.append(trainer)
+        stopped.append(stop)
     if not ctx.is_main:
         return {}
     write_training_plot(out, trainers)
-    metrics: dict = {"n_particles": meta.n, "box": box, "pixel_size_A": px, "iterations": trainers[0].iteration,
+    metrics: dict = {"n_particles": meta.n, "box": box, "pixel_size_A": px, "iterations": trainers[0].iteration, "iterations_per_set": [t.iteration for t in trainers],
+                     "stopped_by_time_limit": any(stopped), "time_limit_s": time_limit,
                      "noise_sigma": [t.history[-1]["noise_sigma"] for t in trainers],
                      "train_seconds": [sum(e["seconds"] for e in t.history) for t in trainers]}
     if not multi:

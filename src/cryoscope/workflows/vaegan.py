@@ -22,6 +22,7 @@ from cryoscope.errors import InvalidValueError, MissingDataError
 from cryoscope.io.atomic import atomic_path
 from cryoscope.io.checkpoint import CheckpointDir
 from cryoscope.io.runinfo import write_log_csv, write_params_json
+from cryoscope.nn.loop import train_loop
 from cryoscope.physics.ctf import compute_ctf
 from cryoscope.physics.filters import frequency_magnitude
 from cryoscope.vaegan.model import VAEGAN, VAEGANConfig
@@ -86,18 +87,18 @@ def input_units(stack, p: dict, cache: ImageCache, n: int = 1000) -> float:
     return float(_background(images, p["particle_radius"] or 0.4 * box_in).std(dim=1).mean()) / gain
 
 
-def run_train(p: dict, out: Path, resume: bool, progress: bool, device: str) -> dict:
+def run_train(p: dict, out: Path, resume: bool, progress: bool, device: str, time_limit: float | None = None) -> dict:
     """`cryoscope vaegan train`: cache the images, then train; checkpoints every `checkpoint_every` steps."""
     from cryoscope.distributed import finalize_distributed, init_distributed
 
     ctx = init_distributed(device)
     try:
-        return _run_train(p, Path(out), resume, progress, ctx)
+        return _run_train(p, Path(out), resume, progress, ctx, time_limit)
     finally:
         finalize_distributed(ctx)
 
 
-def _run_train(p: dict, out: Path, resume: bool, progress: bool, ctx: DistContext) -> dict:
+def _run_train(p: dict, out: Path, resume: bool, progress: bool, ctx: DistContext, time_limit: float | None) -> dict:
     from cryoscope.report.plots import plot_training
 
     out.mkdir(parents=True, exist_ok=True)
@@ -120,20 +121,20 @@ def _run_train(p: dict, out: Path, resume: bool, progress: bool, ctx: DistContex
         write_params_json(out / "params.json", p)
     bar = tqdm(total=settings.steps, initial=trainer.step_count, desc="vaegan", unit="step",
                disable=not (progress and ctx.is_main))
-    while trainer.step_count < settings.steps:
-        entry = trainer.step()
-        bar.update(1)
-        bar.set_postfix(W=f"{entry['wasserstein']:.3f}", sigma=f"{entry['noise_sigma']:.3f}")
-        if ctx.is_main and (trainer.step_count % p["checkpoint_every"] == 0 or trainer.step_count == settings.steps):
-            ckpt.save(trainer.step_count, trainer.state_dict())
-            write_log_csv(out / "log.csv", trainer.history)
-    bar.close()
+
+    def save() -> None:
+        ckpt.save(trainer.step_count, trainer.state_dict())
+        write_log_csv(out / "log.csv", trainer.history)
+
+    stopped = train_loop(trainer.step, lambda: trainer.step_count, settings.steps, save, p["checkpoint_every"], bar,
+                         lambda e: {"W": f"{e['wasserstein']:.3f}", "sigma": f"{e['noise_sigma']:.3f}"}, time_limit, ctx)
     if not ctx.is_main:
         return {}
     plot_training(out / "training.png", trainer.history, LOG_KEYS, "VAE-GAN training")
     seconds = sum(e["seconds"] for e in trainer.history)
     last = trainer.history[-max(1, len(trainer.history) // 20):]
     metrics = {"n_particles": meta.n, "box": p["box"], "pixel_size_A": px, "steps": trainer.step_count,
+               "stopped_by_time_limit": stopped, "time_limit_s": time_limit,
                "initial_noise_sigma": sigma0, "noise_sigma": trainer.averaged_model().noise_sigma(),
                "normalisation_scale": cache.scale, "train_seconds": seconds,
                "images_per_second": trainer.step_count * settings.batch_size * ctx.world_size / max(seconds, 1e-9),
