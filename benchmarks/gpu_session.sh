@@ -7,11 +7,11 @@
 # env: DEVICE (cuda), CS (python3 -m cryoscope), PY (python3), T (seconds of training per parallel run, 270),
 #      DEADLINE (seconds after which the archives are made anyway and the runs left stopped, 560), PACK (their folder, OUT),
 #      N_GAN (20000), N_SPECIES (30000), N_CG (10000 per defocus), NJ (4000), SOLO (1: solo timings), TINY (1: CPU check
-#      of the script at toy sizes)
+#      of the script at toy sizes), CG (0: no ConceptGAN)
 set -u
 OUT=${1:-benchmarks/out/gpu_session}
 DEVICE=${DEVICE:-cuda}; PY=${PY:-python3}; CS=${CS:-"$PY -m cryoscope"}
-T=${T:-270}; SOLO=${SOLO:-1}; DEADLINE=${DEADLINE:-560}; PACK=${PACK:-$OUT}
+T=${T:-270}; SOLO=${SOLO:-1}; CG=${CG:-1}; DEADLINE=${DEADLINE:-560}; PACK=${PACK:-$OUT}
 N_GAN=${N_GAN:-20000}; N_SPECIES=${N_SPECIES:-30000}; N_CG=${N_CG:-10000}; NJ=${NJ:-4000}; N_ADK=${N_ADK:-10000}; N_DEMO=5000
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
 BOX=64; GAN_STAGES=${GAN_STAGES:-16:300,32:700,64:1000000}; CRITIC=${CRITIC:-96}
@@ -56,7 +56,7 @@ t sim_gan simulate --map $MAP --map-voxel-size 3.0 --box $BOX -n $N_GAN --snr -1
   --defocus-max 30000 --seed 21 --no-progress -o "$OUT/sim_gan" &
 CGADK="$ADKP --box $BOX --voxel-size $CG_VOXEL --snr 1 --no-progress"
 LOW="--defocus-min 8000 --defocus-max 12000"; HIGH="--defocus-min 25000 --defocus-max 35000"
-{ t sim_cg_low simulate $CGADK $LOW -n $N_CG --seed 1 -o "$OUT/cg/sim_low" &&
+[ "$CG" = 1 ] && { t sim_cg_low simulate $CGADK $LOW -n $N_CG --seed 1 -o "$OUT/cg/sim_low" &&
   t sim_cg_high simulate $CGADK $HIGH -n $N_CG --seed 2 -o "$OUT/cg/sim_high" &&
   t sim_cg_jlow simulate $CGADK $LOW -n $NJ --seed 3 -o "$OUT/cg/judge_low" &&
   t sim_cg_jhigh simulate $CGADK $HIGH -n $NJ --seed 4 -o "$OUT/cg/judge_high" &&
@@ -78,7 +78,7 @@ if [ "$SOLO" = 1 ]; then
   t solo_cryogan $CS cryogan $GAN --stages $BOX:$SOLO_GAN --no-halves -o "$OUT/solo_cryogan"
   t solo_vaegan $CS vaegan train "$OUT/sim_species/particles.star" -o "$OUT/solo_vaegan" --box $BOX --steps $SOLO_VAE \
     --device $DEVICE --seed 1 --no-progress
-  t solo_conceptgan $CS conceptgan train $CG_TRAIN --iterations $SOLO_CG -o "$OUT/solo_conceptgan"
+  [ "$CG" = 1 ] && t solo_conceptgan $CS conceptgan train $CG_TRAIN --iterations $SOLO_CG -o "$OUT/solo_conceptgan"
   say "solo timings done"
 fi
 
@@ -89,7 +89,7 @@ t cryogan $CS cryogan $GAN --stages $GAN_STAGES --reference "$OUT/sim_gan/truth_
   t vaegan_analyze $CS vaegan analyze "$OUT/vaegan" -o "$OUT/vaegan/analysis" --truth-star "$OUT/sim_species/ground_truth.star" \
     --reference "$S/full.mrc,$S/no_protuberance.mrc,$S/no_small_subunit.mrc" --noise-sigma-truth $NOISE \
     --device $DEVICE --no-progress; } &
-{ t judges $PY benchmarks/conceptgan_eval.py judges --low "$OUT/cg/judge_low" --high "$OUT/cg/judge_high" \
+[ "$CG" = 1 ] && { t judges $PY benchmarks/conceptgan_eval.py judges --low "$OUT/cg/judge_low" --high "$OUT/cg/judge_high" \
     -o "$OUT/cg/judges" --steps $JSTEPS --width 16 --device $DEVICE &
   t conceptgan $CS conceptgan train $CG_TRAIN --checkpoint-every 2000 --time-limit $T -o "$OUT/cg/full" &&
   t conceptgan_generate $CS conceptgan generate "$OUT/cg/full" -o "$OUT/cg/full/generated" --source 00 --target 11 \

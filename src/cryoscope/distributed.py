@@ -62,6 +62,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistCon
             raise InvalidValueError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA devices are visible")
         dev = torch.device("cuda", local)
     if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         for var in ("MASTER_ADDR", "MASTER_PORT"):

@@ -222,10 +222,11 @@ def score_poses_inplane(
     real = fvol.real.dtype
     dev = fvol.device
     _check_inputs(images, ctf, base_rotations, n_psi, shifts, sigma2, n, box)
+    sigma2, shifts, base_rotations = sigma2.to(dev, real), shifts.to(dev), base_rotations.to(dev)
     grid = polar_grid(box, cutoff, n_angles, real, dev)
     pts = grid.points
     Q = grid.n_angles // 2 + 1
-    s2 = sigma2.to(real)[..., grid.shell][..., None]  # [(n,) S, 1]
+    s2 = sigma2[..., grid.shell][..., None]  # [(n,) S, 1]
     C = _polar_ctf(ctf, pts, box, pixel_size)
     # image side: Y T_t C / sigma2 and C^2 / (2 sigma2), angular spectra conjugated
     Y = _polar_image_samples(images.to(fvol.dtype), pts)  # [n, S, M]
@@ -240,7 +241,7 @@ def score_poses_inplane(
     W = _synthesis(grid.n_angles, n_psi, real, dev)  # [n_psi, 2Q]
     # pose-free term over the Cartesian pixels, as in score_poses
     mask = cutoff_mask(box, 0.5 if cutoff is None else cutoff, dev)
-    const = -((images.abs() ** 2).to(real) / (2 * pixel_sigma2(sigma2.to(real), box)) * mask).flatten(-2).sum(-1)
+    const = -((images.abs() ** 2).to(real) / (2 * pixel_sigma2(sigma2, box)) * mask).flatten(-2).sum(-1)
     out = torch.empty(n, base_rotations.shape[0], n_psi, T, dtype=real, device=dev)
     step = max(1, _CHUNK_VALUES // (Q * max(n * T, grid.radius.numel() * grid.n_angles)))
     for lo in range(0, base_rotations.shape[0], step):

@@ -68,11 +68,12 @@ def score_poses(
     n, box = images.shape[0], images.shape[-1]
     real = fvol.real.dtype
     _check_inputs(images, ctf, rotations, shifts, sigma2, n, box)
+    sigma2, shifts, rotations = sigma2.to(fvol.device, real), shifts.to(fvol.device), rotations.to(fvol.device)
     layout = slice_layout(box, cutoff, fvol.device)
     idx = layout.computed
     Y = images.reshape(n, -1)[:, idx].to(fvol.dtype)  # [n, P]
     C = torch.ones(1, idx.numel(), dtype=real, device=fvol.device) if ctf is None else ctf.reshape(n, -1)[:, idx].to(real)
-    s2 = sigma2.to(real)[..., shell_map(box, fvol.device).reshape(-1)[idx]]  # [P] or [n, P]
+    s2 = sigma2[..., shell_map(box, fvol.device).reshape(-1)[idx]]  # [P] or [n, P]
     inv = half_multiplicity(layout).to(real) / (2 * s2)  # 1 / (2 sigma2) x multiplicity
     inv = inv.expand(n, -1)
     ramps = phase_ramp(shifts.to(real), box).reshape(*shifts.shape[:-1], -1)[..., idx]  # [(n,) T, P]
