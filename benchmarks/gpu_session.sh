@@ -7,11 +7,12 @@
 # env: DEVICE (cuda), CS (python3 -m cryoscope), PY (python3), T (seconds of training per parallel run, 270),
 #      DEADLINE (seconds after which the archives are made anyway and the runs left stopped, 560), PACK (their folder, OUT),
 #      N_GAN (20000), N_SPECIES (30000), N_CG (10000 per defocus), NJ (4000), SOLO (1: solo timings), TINY (1: CPU check
-#      of the script at toy sizes), CG (0: no ConceptGAN)
+#      of the script at toy sizes), CG (0: no ConceptGAN), PREFLIGHT (seconds for the test suite on the device
+#      first, with pytest-xdist; 0: skipped)
 set -u
 OUT=${1:-benchmarks/out/gpu_session}
 DEVICE=${DEVICE:-cuda}; PY=${PY:-python3}; CS=${CS:-"$PY -m cryoscope"}
-T=${T:-270}; SOLO=${SOLO:-1}; CG=${CG:-1}; DEADLINE=${DEADLINE:-560}; PACK=${PACK:-$OUT}
+T=${T:-270}; SOLO=${SOLO:-1}; CG=${CG:-1}; PREFLIGHT=${PREFLIGHT:-0}; DEADLINE=${DEADLINE:-560}; PACK=${PACK:-$OUT}
 N_GAN=${N_GAN:-20000}; N_SPECIES=${N_SPECIES:-30000}; N_CG=${N_CG:-10000}; NJ=${NJ:-4000}; N_ADK=${N_ADK:-10000}; N_DEMO=5000
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
 BOX=64; GAN_STAGES=${GAN_STAGES:-16:300,32:700,64:1000000}; CRITIC=${CRITIC:-96}
@@ -46,6 +47,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader 2>/dev/
 MAP=tests/data/maps/ribosome70S_65.mrc
 ADKP="--pdb src/cryoscope/data/adk_open.pdb --pdb src/cryoscope/data/adk_closed.pdb --fractions 0.5,0.5"
 
+# 0. preflight: the test suite on this machine, where `--device auto` (the CLI tests' default) means the GPU: every
+#    command at toy size on CUDA, beside the data generation (the runs start after both); PREFLIGHT seconds at most
+if [ "$PREFLIGHT" -gt 0 ]; then
+  timeout "$PREFLIGHT" $PY -m pytest -q -p no:cacheprovider -p no:warnings -n 6 -rf tests/ >"$OUT/preflight.log" 2>&1 &
+fi
 # 1. data (in parallel)
 S="$OUT/species"
 { SNR=$($PY benchmarks/make_species.py $MAP 3.0 "$S" 28 2>>"$OUT/species.err") && echo "$SNR" >"$OUT/species_snr.txt" &&
