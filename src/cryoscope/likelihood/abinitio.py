@@ -189,18 +189,18 @@ class _Geometry:
 def _initial_state(particles: ParticleSource, box: int, s: _Settings, geo: _Geometry, seed: int) -> AbinitioState:
     """Seeded random positive blobs inside the mask (low-pass at the initial cutoff), scaled to the data by
     least squares at each image's best-correlating grid pose on a first minibatch."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(seed)
     device = particles.device
     K = s.n_classes
     sigma2 = image_power_spectrum(particles, s.batch_size).float().cpu()
-    blobs = torch.randn(K, box, box, box, generator=g).to(device)
+    blobs = torch.randn(K, box, box, box, generator=g, device=g.device).to(device)  # drawn on the generator's device
     width = s.initial_cutoff * box  # Gaussian low-pass of standard deviation `width` (cycles per box)
     lowpass = torch.exp(-(geo.radius3**2) / (2 * width**2)).to(blobs)
     blobs = ifft3c(fft3c(blobs) * lowpass).real
     inner = soft_mask(box, 0.6 * s.mask_radius, 0.2 * s.mask_radius, ndim=3, device=device)
     maps = (blobs / blobs.flatten(1).std(1)[:, None, None, None] + 0.5).clamp_min(0) * inner
-    idx = torch.randperm(particles.n, generator=g)[: min(s.batch_size, particles.n)]
-    Y, C = particles.load(idx.to(device))
+    idx = torch.randperm(particles.n, generator=g, device=g.device)[: min(s.batch_size, particles.n)]
+    Y, C = particles.load(idx)
     pix = cutoff_mask(box, s.initial_cutoff, device).reshape(-1).nonzero().squeeze(1)
     inv = 1 / sigma2.to(device)[shell_map(box, device)].reshape(-1)[pix]  # [P]
     Cp = torch.ones(1, pix.numel(), device=device) if C is None else C.reshape(C.shape[0], -1)[:, pix]
@@ -215,7 +215,8 @@ def _initial_state(particles: ParticleSource, box: int, s: _Settings, geo: _Geom
         scale = float(cross[rows, best].sum() / quad[rows, best].sum().clamp_min(1e-30))
         maps[k] = maps[k] * abs(scale)
     return AbinitioState(
-        maps=maps, velocity=torch.zeros_like(maps), sigma2=sigma2, class_fractions=torch.full((K,), 1.0 / K),
+        maps=maps, velocity=torch.zeros_like(maps), sigma2=sigma2,
+        class_fractions=torch.full((K,), 1.0 / K, device="cpu"),
         iteration=0, generator_state=g.get_state(),
     )
 
@@ -274,14 +275,14 @@ def _precondition(grads: torch.Tensor, hessian: torch.Tensor, geo: _Geometry, cu
 def _iteration(particles: ParticleSource, st: AbinitioState, s: _Settings, geo: _Geometry) -> AbinitioState:
     """One minibatch step (module docstring)."""
     device, box, K = particles.device, geo.box, s.n_classes
-    g = torch.Generator()
+    g = torch.Generator(device="cpu")
     g.set_state(st.generator_state)
     it, cutoff, sim = st.iteration, s.cutoff(st.iteration), s.similarity(st.iteration)
-    idx = torch.randperm(particles.n, generator=g)[: min(s.batch_size, particles.n)]
+    idx = torch.randperm(particles.n, generator=g, device=g.device)[: min(s.batch_size, particles.n)]
     turn = random_rotations(1, g, torch.float32)[0].to(device)
     base = geo.base @ turn  # R_r Q: the grid turned by a random rotation (still psi x base rotations)
     grid = inplane_rotations(base, geo.n_psi)
-    Y, C = particles.load(idx.to(device))
+    Y, C = particles.load(idx)
     n = Y.shape[0]
     sigma2 = st.sigma2.to(device)
     maps = st.maps.to(device)
@@ -322,17 +323,18 @@ def _iteration(particles: ParticleSource, st: AbinitioState, s: _Settings, geo: 
 def _assign(particles: ParticleSource, st: AbinitioState, s: _Settings, geo: _Geometry):
     """E-step over all particles at the final cutoff on the unturned grid: best poses and class posteriors."""
     n, K = particles.n, s.n_classes
-    out_R, out_t, out_cls = torch.zeros(n, 3, 3), torch.zeros(n, 2), torch.zeros(n, K)
+    out_R, out_t = torch.zeros(n, 3, 3, device="cpu"), torch.zeros(n, 2, device="cpu")  # held on the CPU
+    out_cls = torch.zeros(n, K, device="cpu")
     sigma2 = st.sigma2.to(particles.device)
     with torch.no_grad():
         fvols = [fourier_volume(st.maps[k], _OVERSAMPLE) for k in range(K)]
-        for b in torch.arange(n).split(s.batch_size):
-            Y, C = particles.load(b.to(particles.device))
+        for b in torch.arange(n, device="cpu").split(s.batch_size):
+            Y, C = particles.load(b)
             ll = _e_step(fvols, Y, C, geo.base, geo.n_psi, geo.shifts, sigma2, s.final_cutoff, st.class_fractions)
             m = ll.shape[0]
             cls_post = torch.softmax(torch.logsumexp(ll.flatten(2), -1), -1)
             best_k = cls_post.argmax(-1)
-            est = best_poses(ll[torch.arange(m), best_k], geo.grid, geo.shifts)
+            est = best_poses(ll[torch.arange(m, device=ll.device), best_k], geo.grid, geo.shifts)
             out_R[b], out_t[b], out_cls[b] = est.rotations.cpu(), est.shifts.cpu(), cls_post.cpu().float()
     return out_R, out_t, out_cls
 
@@ -374,7 +376,7 @@ def abinitio(
     """
     if not isinstance(particles, ParticleSource):
         raise InvalidValueError(f"ab-initio needs a ParticleSource, got {type(particles).__name__}")
-    Y0, _ = particles.load(torch.zeros(1, dtype=torch.long))
+    Y0, _ = particles.load(torch.zeros(1, dtype=torch.long, device="cpu"))
     box = Y0.shape[-1]
     s = _Settings(
         n_classes, n_iter, batch_size, healpix_order, float(max_shift), float(shift_step), float(initial_cutoff),

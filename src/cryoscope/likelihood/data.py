@@ -35,7 +35,7 @@ class ParticleSource:
 
     def load(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image transforms (`fft2c`) and CTFs of particles `idx` [m]; NaN/Inf images are an error."""
-        images = torch.as_tensor(self.stack[idx.cpu().numpy()]).to(self.device, torch.float32)
+        images = torch.as_tensor(self.stack[idx.cpu().numpy()], dtype=torch.float32, device=self.device)
         if not bool(torch.isfinite(images).all()):
             raise InvalidValueError("particle images contain NaN or Inf", self.meta.source)
         box = images.shape[-1]
@@ -54,7 +54,7 @@ class ParticleSource:
 
 def image_power_spectrum(particles: ParticleSource, batch_size: int = 256) -> torch.Tensor:
     """Mean |Y|^2 per shell over all particles: the initial noise spectrum (an upper bound, close at low SNR)."""
-    return noise_spectrum(*particles.power_spectrum(torch.arange(particles.n), batch_size))
+    return noise_spectrum(*particles.power_spectrum(torch.arange(particles.n, device="cpu"), batch_size))
 
 
 __all__ = ["ParticleSource", "image_power_spectrum"]

@@ -261,7 +261,7 @@ def _search_grids(
 
         return build_global, step0 / 2**it, grid.shape[0], offsets.shape[0] + square.shape[0], (base, n_psi)
     step, half_width = _local_extent(max(step0 / 2**j, s.min_angular_step_deg), s.local_range_steps, sigma_deg, s)
-    K = local_grid(torch.eye(3, dtype=torch.float64)[None], half_width, step).shape[1]
+    K = local_grid(torch.eye(3, dtype=torch.float64, device=device)[None], half_width, step).shape[1]
 
     def build(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         R = local_grid(prev_R[b].to(device, torch.float64), half_width, step).to(torch.float32)
@@ -401,16 +401,18 @@ def _initial_state(
         half = random_half_sets(n, seed)
     elif half.shape != (n,) or not bool(((half == 0) | (half == 1)).all()):
         raise InvalidValueError(f"half-sets must be [{n}] values 0 or 1, got shape {tuple(half.shape)}")
-    sums, counts = particles.power_spectrum(shard_indices(torch.arange(n), ctx), s.batch_size)
+    sums, counts = particles.power_spectrum(shard_indices(torch.arange(n, device="cpu"), ctx), s.batch_size)
     sc = torch.stack([sums.double(), counts.double()])
     all_reduce_sum_([sc], ctx)
     sigma2 = noise_spectrum(sc[0], sc[1]).float()
     maps = initial_maps.to(particles.device, torch.float32)
     return EMResult(
-        maps=maps, half_maps=torch.stack([maps, maps]), fsc_half=torch.zeros(K, n_shells(box)), resolution=[0.0] * K,
-        class_fractions=torch.full((K,), 1.0 / K), class_posterior=torch.full((n, K), 1.0 / K),
-        rotations=torch.zeros(n, 3, 3), shifts_px=torch.zeros(n, 2), angular_spread_deg=torch.zeros(n),
-        shift_spread_px=torch.zeros(n), sigma2=sigma2, half=half, next_cutoff=s.initial_cutoff, iterations_done=0,
+        maps=maps, half_maps=torch.stack([maps, maps]), fsc_half=torch.zeros(K, n_shells(box), device="cpu"),
+        resolution=[0.0] * K, class_fractions=torch.full((K,), 1.0 / K, device="cpu"),
+        class_posterior=torch.full((n, K), 1.0 / K, device="cpu"), rotations=torch.zeros(n, 3, 3, device="cpu"),
+        shifts_px=torch.zeros(n, 2, device="cpu"), angular_spread_deg=torch.zeros(n, device="cpu"),
+        shift_spread_px=torch.zeros(n, device="cpu"), sigma2=sigma2, half=half, next_cutoff=s.initial_cutoff,
+        iterations_done=0,
     )
 
 
@@ -443,6 +445,7 @@ def expectation_maximization(
         raise InvalidValueError(f"initial maps must be [N, N, N] or [K, N, N, N], got {tuple(initial_maps.shape)}")
     K, box = maps0.shape[0], maps0.shape[-1]
     n = particles.n
+    half = None if half is None else half.cpu()  # per-particle state (half-sets, poses) is held on the CPU
     st = state or _initial_state(particles, maps0, s, seed, ctx, half)
     if st.maps.shape != maps0.shape or st.half.numel() != n:
         raise InvalidValueError("the resumed state does not match these particles and maps")
@@ -471,11 +474,14 @@ def expectation_maximization(
         recon_cutoff = 0.5 if cutoff >= s.max_cutoff or last else min(0.5, cutoff + s.march_shells / box)
         acc = _Accumulator(K, box, recon_cutoff, s, group, device)
         log_prior = st.class_fractions.to(device).clamp_min(1e-30).log()
-        out_R, out_t = torch.zeros(n, 3, 3), torch.zeros(n, 2)
-        out_sa, out_st, out_cls = torch.zeros(n), torch.zeros(n), torch.zeros(n, K)
-        kept = torch.zeros(1, dtype=torch.float64)
+        # per-particle results are held on the CPU (indexed by the CPU particle indices `b`)
+        out_R, out_t = torch.zeros(n, 3, 3, device="cpu"), torch.zeros(n, 2, device="cpu")
+        out_sa, out_st = torch.zeros(n, device="cpu"), torch.zeros(n, device="cpu")
+        out_cls = torch.zeros(n, K, device="cpu")
+        kept = torch.zeros(1, dtype=torch.float64, device="cpu")
         mine = []
-        assign = torch.randint(K, (n,), generator=torch.Generator().manual_seed(seed + 1)) if random_start and it == 0 else None
+        g_assign = torch.Generator(device="cpu").manual_seed(seed + 1)
+        assign = torch.randint(K, (n,), generator=g_assign, device="cpu") if random_start and it == 0 else None
         for h in (0, 1):
             fvols = [fourier_volume(st.half_maps[h, k].to(device), s.oversample) for k in range(K)]
             idx_h = shard_indices(torch.nonzero(st.half == h).flatten(), ctx)
@@ -489,11 +495,11 @@ def expectation_maximization(
                 post = torch.softmax(ll.reshape(m, -1), -1).reshape(m, K, Rn, T)
                 cls_post = post.sum((2, 3))
                 best_k = cls_post.argmax(-1)
-                ll_best = ll[torch.arange(m), best_k]
+                ll_best = ll[torch.arange(m, device=ll.device), best_k]
                 est = best_poses(ll_best, R_grid, t_grid)
                 if assign is not None:  # random-subset start: poses from the common map, classes at random
                     one_hot = torch.zeros_like(post)
-                    one_hot[torch.arange(m), assign[b]] = post.sum(1)
+                    one_hot[torch.arange(m, device=post.device), assign[b].to(post.device)] = post.sum(1)
                     post = one_hot
                 sig = significant_poses(post.reshape(m, K * Rn, T), s.rel_threshold, s.mass, cap)
                 acc.add(fvols, Y, C, R_grid, t_grid, sig, Rn, _noise_quantile(b, it), h)

@@ -223,6 +223,7 @@ def score_poses_inplane(
     dev = fvol.device
     _check_inputs(images, ctf, base_rotations, n_psi, shifts, sigma2, n, box)
     sigma2, shifts, base_rotations = sigma2.to(dev, real), shifts.to(dev), base_rotations.to(dev)
+    images, ctf = images.to(dev), None if ctf is None else ctf.to(dev)  # a grid or `CTFParams`
     grid = polar_grid(box, cutoff, n_angles, real, dev)
     pts = grid.points
     Q = grid.n_angles // 2 + 1

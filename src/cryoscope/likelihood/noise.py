@@ -45,7 +45,7 @@ def shell_power_sums(residuals: torch.Tensor, weights: torch.Tensor | None = Non
         raise InvalidValueError(f"residuals must be [n, N, N] transforms, got {tuple(residuals.shape)}")
     n, box = residuals.shape[0], residuals.shape[-1]
     real = residuals.real.dtype if residuals.is_complex() else residuals.dtype
-    w = torch.ones(n, dtype=real, device=residuals.device) if weights is None else weights.to(real)
+    w = torch.ones(n, dtype=real, device=residuals.device) if weights is None else weights.to(residuals.device, real)
     power = (residuals.abs() ** 2).reshape(n, -1).to(real)
     idx = shell_map(box, residuals.device).reshape(-1)
     per_pixel = w @ power  # [N*N]
@@ -101,7 +101,7 @@ def gaussian_log_likelihood(
     if images.shape != models.shape:
         raise InvalidValueError(f"images {tuple(images.shape)} and models {tuple(models.shape)} differ in shape")
     box = images.shape[-1]
-    s2 = pixel_sigma2(sigma2, box)
+    s2 = pixel_sigma2(sigma2.to(images.device), box)
     mask = cutoff_mask(box, cutoff, images.device)
     r2 = (images - models).abs() ** 2
     return -((r2 / (2 * s2)) * mask).flatten(-2).sum(-1)

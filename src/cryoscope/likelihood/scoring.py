@@ -69,6 +69,7 @@ def score_poses(
     real = fvol.real.dtype
     _check_inputs(images, ctf, rotations, shifts, sigma2, n, box)
     sigma2, shifts, rotations = sigma2.to(fvol.device, real), shifts.to(fvol.device), rotations.to(fvol.device)
+    images, ctf = images.to(fvol.device), None if ctf is None else ctf.to(fvol.device)
     layout = slice_layout(box, cutoff, fvol.device)
     idx = layout.computed
     Y = images.reshape(n, -1)[:, idx].to(fvol.dtype)  # [n, P]

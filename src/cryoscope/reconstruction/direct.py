@@ -65,7 +65,7 @@ class DirectReconstructor:
         self.device = torch.device(device)
         self.layout = slice_layout(box, cutoff, self.device)
         self.sums = CellSums(box, self.size, cutoff, n_halves, self.device, dtype)
-        self.count = torch.zeros(n_halves, dtype=torch.long)
+        self.count = torch.zeros(n_halves, dtype=torch.long, device="cpu")  # particles per half-set, on the CPU
 
     def add(self, batch: ParticleBatch) -> None:
         """Scatter one batch (its `half` ids choose the grid; all to grid 0 when None)."""
@@ -91,6 +91,7 @@ class DirectReconstructor:
             self.count += torch.bincount(half.cpu().long(), minlength=self.n_halves)
         else:
             self.count[0] += values.shape[0]
+        values, ctf2 = values.to(self.device), ctf2.to(self.device)
         self.sums.add(values, ctf2, rotations.to(self.device, self.dtype), self.layout, half)
 
     def add_all(self, batches: Iterable[ParticleBatch]) -> "DirectReconstructor":

@@ -22,9 +22,9 @@ def random_half_sets(n: int, seed: int = 0) -> torch.Tensor:
     """Half-set ids [n] (0/1), a seeded random split into halves of sizes ceil(n/2) and floor(n/2)."""
     if n < 2:
         raise InvalidValueError(f"need at least 2 particles to split into half-sets, got {n}")
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(n, dtype=torch.long)
-    ids[torch.randperm(n, generator=g)[(n + 1) // 2 :]] = 1
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.zeros(n, dtype=torch.long, device="cpu")
+    ids[torch.randperm(n, generator=g, device="cpu")[(n + 1) // 2 :]] = 1
     return ids
 
 
@@ -57,6 +57,7 @@ def masked_half_maps(
     ribosome-class particles at SNR 0.05 (refined poses, soft sphere of 0.45 N) reached FSC 0.5 against truth at
     0.232 cycles/px, against 0.248 for this; the mask, not the shrinkage, is what removes the noise that poorly
     sampled voxels carry."""
+    mask = mask.to(half1.device)
     m1, m2 = half1 * mask, half2 * mask
     w = fsc.clamp(0, 1)
     return shell_filter(m1, w), shell_filter(m2, w), fsc_weighted_average(m1, m2, fsc)[0]
@@ -65,6 +66,7 @@ def masked_half_maps(
 def shell_filter(vol: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Map [N, N, N] with Fourier shell i (i / N cycles/pixel, nearest) scaled by weight[i] [S]; shells from S on
     (beyond Nyquist when S = N // 2 + 1) removed."""
-    table = torch.cat([weight.to(vol.dtype), weight.new_zeros(1, dtype=vol.dtype)])
+    weight = weight.to(vol.device, vol.dtype)
+    table = torch.cat([weight, weight.new_zeros(1)])
     shell = radial_index_3d(vol.shape[-1], vol.device).clamp(max=weight.numel())
     return ifft3c(fft3c(vol) * table[shell]).real

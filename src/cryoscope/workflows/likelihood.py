@@ -173,6 +173,7 @@ def particle_table(
 ) -> tuple[ParticleMetadata, dict[str, np.ndarray]]:
     """Metadata with new poses [n, 3, 3], origins (pixels -> Å) and best classes, plus the extra STAR columns
     (maximum class posterior, and each class's posterior when there are several)."""
+    rotations, shifts_px, class_posterior = rotations.cpu(), shifts_px.cpu(), class_posterior.cpu()  # written as numpy
     out = ParticleMetadata(**{**vars(meta), "rotations": rotations.double(), "euler": None,
                               "shifts_A": shifts_px.double() * pixel_size, "class_number": class_posterior.argmax(-1) + 1})
     cols = {**(extra or {}), "rlnMaxValueProbDistribution": class_posterior.max(-1).values.numpy()}
@@ -216,6 +217,7 @@ def truth_metrics(
                 metrics[f"{name}_truth_masked_fsc_{thr}_cycles_per_pixel"], metrics[f"{name}_truth_masked_fsc_{thr}_A"] = c, a
     if true_rotations is not None:
         names = list(maps)
+        rotations, true_rotations = rotations.cpu(), true_rotations.cpu()
         labels = torch.zeros(rotations.shape[0], dtype=torch.long) if classes is None or len(names) == 1 else classes.cpu()
         errors = []
         for k in labels.unique().tolist():
@@ -296,8 +298,9 @@ def write_em_outputs(
     metrics["history"] = [vars(h) for h in result.history]
     if references is not None or true_rotations is not None:
         metrics["truth_history"] = [*(tracked or []), {"iteration": result.iterations_done, **_record(m)}]
-    extra = {"rlnRandomSubset": (result.half + 1).numpy(), "cryoscopeAngularSpreadDeg": result.angular_spread_deg.numpy(),
-             "cryoscopeShiftSpreadPx": result.shift_spread_px.numpy()}
+    extra = {"rlnRandomSubset": (result.half + 1).cpu().numpy(),
+             "cryoscopeAngularSpreadDeg": result.angular_spread_deg.cpu().numpy(),
+             "cryoscopeShiftSpreadPx": result.shift_spread_px.cpu().numpy()}
     table, cols = particle_table(meta, result.rotations, result.shifts_px, result.class_posterior, pixel_size, extra)
     write_star(out / "particles.star", table, protect=protect, extra=cols)
     plot_fsc(out / "fsc.png", curves, box, pixel_size)
