@@ -10,10 +10,7 @@ from pathlib import Path
 
 import typer
 
-
-def _params(values: dict, command: str) -> dict:
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
-    return {"command": command, **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device", "time_limit")}}
+from cryoscope.cli.params import run_params
 
 
 def register(app: typer.Typer) -> None:
@@ -56,7 +53,7 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Train the transfers G1/F1 (concept X) and G2/F2 (concept Y) on Σ00, Σ01 and Σ10."""
-        params = _params(locals(), "conceptgan train")
+        params = run_params(locals(), "conceptgan train")
         started = time.perf_counter()
         from cryoscope.workflows.conceptgan import run_train
         from cryoscope.workflows.likelihood import finish_run
@@ -85,7 +82,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
     ) -> None:
         """Synthesise images of --target from images of --source by composing the learnt transfers; write .mrcs + STAR."""
-        params = _params(locals(), "conceptgan generate")
+        params = run_params(locals(), "conceptgan generate")
         params["input"] = params.pop("input_")
         started = time.perf_counter()
         from cryoscope.workflows.conceptgan import run_generate

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from cryoscope.cli.params import run_params
+
 
 def _stages(text: str) -> list[tuple[int, int]]:
     from cryoscope.errors import InvalidValueError
@@ -59,9 +61,8 @@ def _command(kind: str):
         from cryoscope.workflows.gan import run_gan
 
         started = time.perf_counter()
-        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in ("started", "kind", "multi", "run_gan")}
+        params = run_params(locals(), kind, ("started", "kind", "multi", "run_gan"))
         params["background"] = [str(p) for p in background or []]
-        params = {"command": kind, **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device", "time_limit")}}
         if not multi:
             for k in ("latent", "n_basis", "maps_per_batch", "truth_star"):
                 params.pop(k)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from cryoscope.cli.params import run_params
+
 
 TWO_PI_K = typer.Option(32.0, "--two-pi-k", help="Resolution 2πK in the paper's units (radians per half box); k_max = 2πK/π cycles per box.")
 SHELLS = typer.Option(0, help="Radial Gauss–Legendre shells (0: ceil(2.4 k_max)).")
@@ -64,8 +66,8 @@ def softmodes(
     started = time.perf_counter()
     if dtype not in ("float32", "float64") or method not in ("lanczos", "eigsh"):
         raise InvalidValueError(f"--dtype must be float32 or float64 and --method lanczos or eigsh, got {dtype!r}, {method!r}")
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in ("started", "run_softmodes", "InvalidValueError")}
-    params = {"command": "softmodes", "map": params.pop("map_path"), **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device")}}
+    params = run_params(locals(), "softmodes", ("started", "run_softmodes", "InvalidValueError"))
+    params = {"command": "softmodes", "map": params.pop("map_path"), **params}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         metrics = run_softmodes(params, out, resume, progress, device, started)

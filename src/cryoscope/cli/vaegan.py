@@ -8,10 +8,7 @@ from pathlib import Path
 
 import typer
 
-
-def _params(values: dict, command: str) -> dict:
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
-    return {"command": command, **{k: v for k, v in params.items() if k not in ("out", "resume", "progress", "device", "time_limit")}}
+from cryoscope.cli.params import run_params
 
 
 def register(app: typer.Typer) -> None:
@@ -56,7 +53,7 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Train the VAE-GAN (encoder, generators, critic) on particle images."""
-        params = _params(locals(), "vaegan train")
+        params = run_params(locals(), "vaegan train")
         started = time.perf_counter()
         from cryoscope.workflows.likelihood import finish_run
         from cryoscope.workflows.vaegan import run_train
@@ -84,7 +81,7 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Encode every particle, cluster (UMAP + HDBSCAN), and write per-cluster maps, representatives and STAR subsets."""
-        params = _params(locals(), "vaegan analyze")
+        params = run_params(locals(), "vaegan analyze")
         started = time.perf_counter()
         from cryoscope.workflows.likelihood import finish_run
         from cryoscope.workflows.vaegan import run_analyze
