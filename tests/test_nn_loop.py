@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import torch
 from tqdm import tqdm
 
 from cryoscope.errors import InvalidValueError
@@ -44,3 +45,21 @@ def test_a_limit_reached_on_the_last_step_is_not_reported_as_a_stop():
 def test_a_non_positive_time_limit_is_refused():
     with pytest.raises(InvalidValueError, match="time-limit"):
         Counter().run(3, 1, 0.0)
+
+
+def _ranks_stop_together(ctx, limit: float) -> list[float]:
+    """Each rank steps at its own pace; returns [sum, sum of squares] of the ranks' step counts."""
+    from cryoscope.distributed import all_reduce_sum_
+
+    c = Counter(0.01 * (1 + 3 * ctx.rank))
+    stopped = train_loop(c.step, lambda: c.n, 10_000, lambda: None, 10_000, tqdm(disable=True), lambda e: {}, limit, ctx)
+    sums = torch.tensor([float(c.n), float(c.n) ** 2, float(stopped)], dtype=torch.float64)
+    all_reduce_sum_([sums], ctx)
+    return sums.tolist()
+
+
+def test_under_torch_distributed_every_rank_stops_at_the_same_step():
+    from cryoscope.distributed import run_spawned
+
+    total, squares, stops = run_spawned(_ranks_stop_together, 2, 0.2)
+    assert stops == 2 and total >= 2 and squares == 2 * (total / 2) ** 2  # equal counts: sum² / 2 = sum of squares

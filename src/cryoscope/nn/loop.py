@@ -12,12 +12,6 @@ from cryoscope.distributed import DistContext, broadcast_
 from cryoscope.errors import InvalidValueError
 
 
-def check_time_limit(time_limit: float | None) -> None:
-    """--time-limit must be positive seconds (or None: no limit)."""
-    if time_limit is not None and not time_limit > 0:
-        raise InvalidValueError(f"--time-limit must be > 0 seconds, got {time_limit}")
-
-
 def train_loop(step: Callable[[], dict], count: Callable[[], int], total: int, save: Callable[[], None],
                checkpoint_every: int, bar, postfix: Callable[[dict], dict], time_limit: float | None = None,
                ctx: DistContext | None = None) -> bool:
@@ -25,7 +19,8 @@ def train_loop(step: Callable[[], dict], count: Callable[[], int], total: int, s
     seconds have passed; the clock is read after each step and, under torch.distributed, rank 0's reading decides for
     every rank. `save` runs on the main process every `checkpoint_every` steps and when the loop ends. Closes `bar`
     (a tqdm). Returns True when the time limit stopped the loop before `total`."""
-    check_time_limit(time_limit)
+    if time_limit is not None and not time_limit > 0:
+        raise InvalidValueError(f"--time-limit must be > 0 seconds, got {time_limit}")
     deadline = None if time_limit is None else time.monotonic() + time_limit
     main = ctx is None or ctx.is_main
     stopped = False
@@ -34,10 +29,12 @@ def train_loop(step: Callable[[], dict], count: Callable[[], int], total: int, s
         bar.update(1)
         bar.set_postfix(**postfix(entry))
         if deadline is not None:
-            flag = torch.tensor([float(time.monotonic() >= deadline)], device=None if ctx is None else ctx.device)
-            if ctx is not None:
+            late = time.monotonic() >= deadline
+            if ctx is not None and ctx.distributed:  # every rank stops at the same step
+                flag = torch.tensor([float(late)], device=ctx.device)
                 broadcast_([flag], ctx)
-            stopped = bool(flag.item()) and count() < total
+                late = bool(flag.item())
+            stopped = late and count() < total
         if main and (count() % checkpoint_every == 0 or count() == total or stopped):
             save()
         if stopped:

@@ -246,8 +246,8 @@ def _run_gan(p: dict, out: Path, stages: list[tuple[int, int]], resume: bool, pr
     if not ctx.is_main:
         return {}
     write_training_plot(out, trainers)
-    metrics: dict = {"n_particles": meta.n, "box": box, "pixel_size_A": px, "iterations": trainers[0].iteration, "iterations_per_set": [t.iteration for t in trainers],
-                     "stopped_by_time_limit": any(stopped), "time_limit_s": time_limit,
+    metrics: dict = {"n_particles": meta.n, "box": box, "pixel_size_A": px, "iterations": trainers[0].iteration,
+                     "iterations_per_set": [t.iteration for t in trainers], "stopped_by_time_limit": any(stopped), "time_limit_s": time_limit,
                      "noise_sigma": [t.history[-1]["noise_sigma"] for t in trainers],
                      "train_seconds": [sum(e["seconds"] for e in t.history) for t in trainers]}
     if not multi:
