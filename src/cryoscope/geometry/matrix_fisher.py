@@ -31,8 +31,7 @@ def _det3(m: torch.Tensor) -> torch.Tensor:
             + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0]))
 
 
-@fused
-def _proper(U: torch.Tensor, d: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _made_proper(U: torch.Tensor, d: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An SVD U diag(d) Vh made proper: the last columns of U and V flipped where their determinant is -1."""
     V = Vh.transpose(-1, -2)
     su, sv = torch.sign(_det3(U)), torch.sign(_det3(V))
@@ -40,6 +39,9 @@ def _proper(U: torch.Tensor, d: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.T
     U = U * torch.stack([last[..., 0], last[..., 1], su], -1)[..., None, :]
     V = V * torch.stack([last[..., 0], last[..., 1], sv], -1)[..., None, :]
     return U, d * torch.stack([last[..., 0], last[..., 1], su * sv], -1), V
+
+
+_proper = fused(_made_proper)
 
 
 def proper_svd(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,7 +67,6 @@ def _acg_parameter(lam: torch.Tensor) -> torch.Tensor:
     return b.clamp(1.0, float(_DIM))
 
 
-@fused
 def _bingham_envelope(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The angular central Gaussian envelope of the Bingham density for lam [B, 4]: the diagonal of its precision
     [B, 4] and log sup f / g [B]."""
@@ -74,7 +75,6 @@ def _bingham_envelope(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return omega, -(_DIM - b) / 2 + (_DIM / 2) * torch.log(_DIM / b)
 
 
-@fused
 def _bingham_round(y: torch.Tensor, u: torch.Tensor, lam: torch.Tensor, omega: torch.Tensor, log_m: torch.Tensor):
     """One round of proposals, from standard normals y [B, R, 4] and uniforms u [B, R]: per row the first accepted
     proposal [B, 4] and whether there was one [B]."""
@@ -87,6 +87,36 @@ def _bingham_round(y: torch.Tensor, u: torch.Tensor, lam: torch.Tensor, omega: t
     return torch.gather(x, 1, first[:, None, None].expand(-1, 1, _DIM))[:, 0], accept.any(-1)
 
 
+def _proposals(rows: int, like: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One round's standard normals [rows, _PROPOSALS, 4] and uniforms [rows, _PROPOSALS]."""
+    y = torch.randn(rows, _PROPOSALS, _DIM, generator=generator, dtype=like.dtype, device=like.device)
+    return y, torch.rand(rows, _PROPOSALS, generator=generator, dtype=like.dtype, device=like.device)
+
+
+@fused
+def _first_bingham_round(lam: torch.Tensor, y: torch.Tensor, u: torch.Tensor):
+    """The envelope of lam [B, 4] (`_bingham_envelope`) and its first round of proposals (`_bingham_round`)."""
+    omega, log_m = _bingham_envelope(lam)
+    return (*_bingham_round(y, u, lam, omega, log_m), omega, log_m)
+
+
+_next_bingham_round = fused(_bingham_round)
+
+
+def _finish_bingham(x: torch.Tensor, done: torch.Tensor, lam: torch.Tensor, omega: torch.Tensor, log_m: torch.Tensor,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """Rows of x [B, 4] not `done` after the first round, from further rounds."""
+    for _ in range(_MAX_ROUNDS - 1):
+        if bool(done.all()):
+            return x
+        nx, ok = _next_bingham_round(*_proposals(lam.shape[0], lam, generator), lam, omega, log_m)
+        x = torch.where((ok & ~done)[:, None], nx, x)
+        done = done | ok
+    if bool(done.all()):
+        return x
+    raise InvalidValueError("matrix Fisher sampler: rejection sampling did not finish (non-finite parameter?)")
+
+
 def sample_bingham(lam: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Unit vectors x [..., 4] with density ∝ exp(-Σ lam_i x_i²) on S³ (lam [..., 4] >= 0, min 0).
 
@@ -94,21 +124,10 @@ def sample_bingham(lam: torch.Tensor, generator: torch.Generator | None = None) 
     fused kernel); a row keeps the first proposal accepted, in round order, which is an exact draw."""
     shape = lam.shape
     lam = lam.reshape(-1, _DIM)
-    omega, log_m = _bingham_envelope(lam)
-    out = torch.empty_like(lam)
-    done = torch.zeros(lam.shape[0], dtype=torch.bool, device=lam.device)
-    for _ in range(_MAX_ROUNDS):
-        y = torch.randn(lam.shape[0], _PROPOSALS, _DIM, generator=generator, dtype=lam.dtype, device=lam.device)
-        u = torch.rand(lam.shape[0], _PROPOSALS, generator=generator, dtype=lam.dtype, device=lam.device)
-        x, ok = _bingham_round(y, u, lam, omega, log_m)
-        out = torch.where((ok & ~done)[:, None], x, out)
-        done = done | ok
-        if bool(done.all()):
-            return out.reshape(shape)
-    raise InvalidValueError("matrix Fisher sampler: rejection sampling did not finish (non-finite parameter?)")
+    x, done, omega, log_m = _first_bingham_round(lam, *_proposals(lam.shape[0], lam, generator))
+    return _finish_bingham(x, done, lam, omega, log_m, generator).reshape(shape)
 
 
-@fused
 def _bingham_parameter(d: torch.Tensor) -> torch.Tensor:
     """lam [B, 4] of the Bingham density of the quaternion of Q for exp(tr(diag(d) Q)), d [B, 3] proper singular
     values: qᵀ B q with B = diag(d1+d2+d3, d1-d2-d3, -d1+d2-d3, -d1-d2+d3), less its largest entry (the first)."""
@@ -116,7 +135,6 @@ def _bingham_parameter(d: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.zeros_like(d1), 2 * (d2 + d3), 2 * (d1 + d3), 2 * (d1 + d2)], -1).clamp_min(0)
 
 
-@fused
 def _rotate(U: torch.Tensor, q: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """U Q(q) Vᵀ [B, 3, 3]."""
     Q = quaternion_to_matrix(q)
@@ -134,6 +152,22 @@ def sample_matrix_fisher(F: torch.Tensor, generator: torch.Generator | None = No
         raise InvalidValueError("matrix Fisher parameter contains NaN/Inf")
     batch = F.shape[:-2]
     F = F.reshape(-1, 3, 3)
-    U, d, V = proper_svd(F)
-    q = sample_bingham(_bingham_parameter(d), generator)
-    return _rotate(U, q, V).reshape(*batch, 3, 3)
+    y, u = _proposals(F.shape[0], F, generator)
+    R, done, U, V, q, lam, omega, log_m = _first_matrix_fisher_round(*torch.linalg.svd(F), y, u)
+    if not bool(done.all()):  # rare (acceptance >= ~50 % per proposal): the other rows are final
+        R = _rotate_fused(U, _finish_bingham(q, done, lam, omega, log_m, generator), V)
+    return R.reshape(*batch, 3, 3)
+
+
+@fused
+def _first_matrix_fisher_round(U: torch.Tensor, d: torch.Tensor, Vh: torch.Tensor, y: torch.Tensor, u: torch.Tensor):
+    """From an SVD of F [B, 3, 3] and one round of proposals: R = U Q(q) Vᵀ for each row's first accepted quaternion
+    q, whether there was one, and what further rounds need (U, V proper, q, lam and the envelope)."""
+    U, d, V = _made_proper(U, d, Vh)
+    lam = _bingham_parameter(d)
+    omega, log_m = _bingham_envelope(lam)
+    q, done = _bingham_round(y, u, lam, omega, log_m)
+    return _rotate(U, q, V), done, U, V, q, lam, omega, log_m
+
+
+_rotate_fused = fused(_rotate)
