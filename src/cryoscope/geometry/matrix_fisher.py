@@ -93,13 +93,13 @@ def _proposals(rows: int, like: torch.Tensor, generator: torch.Generator | None)
     return y, torch.rand(rows, _PROPOSALS, generator=generator, dtype=like.dtype, device=like.device)
 
 
-@fused
-def _first_bingham_round(lam: torch.Tensor, y: torch.Tensor, u: torch.Tensor):
-    """The envelope of lam [B, 4] (`_bingham_envelope`) and its first round of proposals (`_bingham_round`)."""
+def _start_bingham(lam: torch.Tensor, y: torch.Tensor, u: torch.Tensor):
+    """The first round of proposals (`_bingham_round`) for lam [B, 4], then the envelope (`_bingham_envelope`)."""
     omega, log_m = _bingham_envelope(lam)
     return (*_bingham_round(y, u, lam, omega, log_m), omega, log_m)
 
 
+_first_bingham_round = fused(_start_bingham)
 _next_bingham_round = fused(_bingham_round)
 
 
@@ -141,6 +141,19 @@ def _rotate(U: torch.Tensor, q: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     return (U[:, :, :, None, None] * Q[:, None, :, :, None] * V.transpose(-1, -2)[:, None, None]).sum((2, 3))
 
 
+@fused
+def _first_matrix_fisher_round(U: torch.Tensor, d: torch.Tensor, Vh: torch.Tensor, y: torch.Tensor, u: torch.Tensor):
+    """From an SVD of F [B, 3, 3] and one round of proposals: R = U Q(q) Vᵀ for each row's first accepted quaternion
+    q, whether there was one, and what further rounds need (U, V proper, q, lam and the envelope)."""
+    U, d, V = _made_proper(U, d, Vh)
+    lam = _bingham_parameter(d)
+    q, done, omega, log_m = _start_bingham(lam, y, u)
+    return _rotate(U, q, V), done, U, V, q, lam, omega, log_m
+
+
+_rotate_fused = fused(_rotate)
+
+
 def sample_matrix_fisher(F: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Rotations R [..., 3, 3] with density ∝ exp(tr(Fᵀ R)) w.r.t. the Haar measure, for F [..., 3, 3].
 
@@ -154,20 +167,6 @@ def sample_matrix_fisher(F: torch.Tensor, generator: torch.Generator | None = No
     F = F.reshape(-1, 3, 3)
     y, u = _proposals(F.shape[0], F, generator)
     R, done, U, V, q, lam, omega, log_m = _first_matrix_fisher_round(*torch.linalg.svd(F), y, u)
-    if not bool(done.all()):  # rare (acceptance >= ~50 % per proposal): the other rows are final
+    if not bool(done.all()):  # rare (acceptance >= ~50 % per proposal); accepted rows keep their q
         R = _rotate_fused(U, _finish_bingham(q, done, lam, omega, log_m, generator), V)
     return R.reshape(*batch, 3, 3)
-
-
-@fused
-def _first_matrix_fisher_round(U: torch.Tensor, d: torch.Tensor, Vh: torch.Tensor, y: torch.Tensor, u: torch.Tensor):
-    """From an SVD of F [B, 3, 3] and one round of proposals: R = U Q(q) Vᵀ for each row's first accepted quaternion
-    q, whether there was one, and what further rounds need (U, V proper, q, lam and the envelope)."""
-    U, d, V = _made_proper(U, d, Vh)
-    lam = _bingham_parameter(d)
-    omega, log_m = _bingham_envelope(lam)
-    q, done = _bingham_round(y, u, lam, omega, log_m)
-    return _rotate(U, q, V), done, U, V, q, lam, omega, log_m
-
-
-_rotate_fused = fused(_rotate)
