@@ -20,6 +20,19 @@ def data_dir() -> Path:
 
 
 @pytest.fixture
+def meta_default(request, monkeypatch):
+    """torch's default device is "meta" during the test (`meta_device`): the test module's `CPU_HELPERS` run with
+    the CPU default, and fused kernels run eagerly (the same Python code)."""
+    from meta_device import patch_cpu_helpers
+
+    monkeypatch.setenv("CRYOSCOPE_COMPILE", "0")
+    patch_cpu_helpers(monkeypatch, getattr(request.module, "CPU_HELPERS", ()))
+    torch.set_default_device("meta")
+    yield
+    torch.set_default_device(None)
+
+
+@pytest.fixture
 def one_thread():
     """Run a test on one torch thread (many small steps: thread hand-offs would cost more than the work)."""
     threads = torch.get_num_threads()

@@ -1,15 +1,10 @@
 """The likelihood engine (EM refinement and classification, ab-initio) makes every tensor on an explicit device: the
 particles' device for the numerics, the CPU for per-particle state (what `--device cuda` needs).
 
-Checked without a GPU: with torch's default device set to "meta", a tensor made without an explicit device is a meta
-tensor, and the first operation that mixes it with the CPU inputs fails. A few helpers outside the engine build small
-tables on the default (CPU) device by design and move them where they are used, or work on the CPU only; they run
-with the CPU as the default device here, as they do in a real run."""
+Checked without a GPU (`meta_device`): a few helpers outside the engine build small tables on the CPU by design and
+move them where they are used, or work on the CPU only (`CPU_HELPERS`)."""
 
 from __future__ import annotations
-
-import functools
-import importlib
 
 import numpy as np
 import pytest
@@ -22,21 +17,12 @@ from cryoscope.likelihood.em import EMSettings, classify, refine
 from cryoscope.physics.filters import lowpass
 
 # (function, modules that hold it by name): tables made on the CPU by design (then moved), or CPU-only results
-_CPU_HELPERS = [
+CPU_HELPERS = [
     ("cryoscope.physics.projection", "slice_layout",
      ["cryoscope.physics.projection", "cryoscope.likelihood.scoring", "cryoscope.reconstruction.direct"]),
     ("cryoscope.geometry.symmetry", "symmetry_group", ["cryoscope.geometry.symmetry", "cryoscope.likelihood.em"]),
     ("cryoscope.validation.fsc", "resolution_at", ["cryoscope.validation.fsc", "cryoscope.likelihood.em"]),
 ]
-
-
-def _on_cpu(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.device("cpu"):
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 class _NumpyStack:
@@ -58,17 +44,6 @@ def data():
     particles, R, origins, _ = simulate([truth], 32, 0.5)
     particles.stack = _NumpyStack(particles.stack)
     return particles, lowpass(truth, 0.15), R.float(), origins.float()
-
-
-@pytest.fixture
-def meta_default(monkeypatch):
-    for module, name, holders in _CPU_HELPERS:
-        wrapped = _on_cpu(getattr(importlib.import_module(module), name))
-        for holder in holders:
-            monkeypatch.setattr(importlib.import_module(holder), name, wrapped)
-    torch.set_default_device("meta")
-    yield
-    torch.set_default_device(None)
 
 
 def _settings(**kw) -> EMSettings:

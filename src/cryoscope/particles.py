@@ -52,13 +52,14 @@ class ParticleBatch:
 
 
 def ctf_params(meta: ParticleMetadata) -> CTFParams:
-    """CTF parameters of all particles (float32); phase shift, B-factor and scale default to 0, 0, 1."""
+    """CTF parameters of all particles (float32, on the CPU like the metadata); phase shift, B-factor and scale default
+    to 0, 0, 1."""
     cols = {
         name: getattr(meta, name)
         for name in ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "phase_shift", "bfactor", "scale")
         if getattr(meta, name) is not None
     }
-    return CTFParams.create(**cols)
+    return CTFParams.create(**cols, device="cpu")
 
 
 def iter_batches(

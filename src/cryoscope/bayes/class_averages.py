@@ -166,8 +166,9 @@ def group_by_defocus(defocus: torch.Tensor, n_groups: int) -> torch.Tensor:
         raise InvalidValueError(f"number of defocus groups must be a positive integer, got {n_groups}")
     if defocus.dim() != 1 or defocus.numel() == 0 or not bool(torch.isfinite(defocus).all()):
         raise InvalidValueError(f"defocus must be [n] finite values (Å), got shape {tuple(defocus.shape)}")
-    edges = torch.linspace(float(defocus.min()), float(defocus.max()), n_groups + 1, dtype=torch.float64)
-    labels = torch.bucketize(defocus.to(torch.float64), edges[1:-1].to(defocus.device), right=True)
+    edges = torch.linspace(float(defocus.min()), float(defocus.max()), n_groups + 1, dtype=torch.float64,
+                           device=defocus.device)
+    labels = torch.bucketize(defocus.to(torch.float64), edges[1:-1], right=True)
     return torch.unique(labels, return_inverse=True)[1]
 
 
@@ -208,6 +209,12 @@ class DefocusFrames:
     classes: torch.Tensor
 
 
+def _read(images, index) -> torch.Tensor:
+    """images[index] as a tensor: a tensor stays on its device, anything else (numpy) comes to the CPU."""
+    x = images[index]
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x, device="cpu")
+
+
 def defocus_frames(
     images,
     psi: torch.Tensor,
@@ -228,7 +235,7 @@ def defocus_frames(
     the count. Sums are accumulated in float64; frames come back in the images' dtype.
     """
     n = len(images)
-    first = torch.as_tensor(images[0:1])
+    first = _read(images, slice(0, 1))
     box, dtype, device = first.shape[-1], first.dtype, first.device
     if first.dim() != 3 or first.shape[-2] != box:
         raise InvalidValueError(f"particle images must be [n, N, N], got {tuple(first.shape)}")
@@ -243,7 +250,7 @@ def defocus_frames(
     ctf_sums = torch.zeros_like(sums)
     for lo in range(0, n, batch_size):
         sl = slice(lo, lo + batch_size)
-        batch = torch.as_tensor(images[sl]).to(device, torch.float64)
+        batch = _read(images, sl).to(device, torch.float64)
         unshifted = translate_images(batch, origins_px[sl].to(device, torch.float64))
         sums.index_add_(0, frame_index[sl], rotate_images(unshifted, psi[sl].to(device)))
         ctf_sums.index_add_(0, frame_index[sl], aligned_ctf(ctf[sl].to(device), psi[sl].to(device), box, pixel_size, torch.float64))

@@ -105,7 +105,7 @@ class ImageSet:
     def with_ctf(images: torch.Tensor, pixel_size: float, ctf: CTFParams, pad: int = 2) -> ImageSet:
         """Images with their CTFs evaluated on a box padded `pad` times."""
         m = pad * images.shape[-1]
-        return ImageSet(images, pixel_size, compute_ctf(ctf.to(dtype=images.dtype), m, pixel_size).to(images.dtype))
+        return ImageSet(images, pixel_size, compute_ctf(ctf.to(images.device, images.dtype), m, pixel_size))
 
     @property
     def n_images(self) -> int:

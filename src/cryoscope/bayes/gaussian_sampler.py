@@ -179,7 +179,7 @@ def global_rotations(state: GaussianState, poses: Poses, data: ImageSet, n_rotat
     """The global step of thesis §3.3 applied to the Gaussian model: each image draws from p(R_i | rest)
     restricted to `n_rotations` fresh uniform rotations, and its current one with `keep_current` (see
     `projected.global_rotations`)."""
-    candidates = random_rotations(n_rotations, generator, dtype=state.means.dtype)
+    candidates = random_rotations(n_rotations, generator, dtype=state.means.dtype, device=state.means.device)
     energies = rotation_energies(state, candidates, poses, data)
     if keep_current:
         energies = torch.cat([torch.diagonal(rotation_energies(state, poses.rotations, poses, data))[None], energies])

@@ -88,7 +88,7 @@ def log_prior(state: MixtureState, prior: MixturePrior) -> torch.Tensor:
     """log p(μ | s) + log p(s) + log p(w), normalised (eqs. 2.22-2.25)."""
     k, d = state.means.shape
     s = state.precision
-    prec = prior.r * s if prior.mean_prior == "scaled" else torch.as_tensor(prior.r, dtype=s.dtype)
+    prec = prior.r * s if prior.mean_prior == "scaled" else torch.as_tensor(prior.r, dtype=s.dtype, device=s.device)
     lp_mu = 0.5 * k * d * torch.log(prec / (2 * math.pi)) - 0.5 * prec * (state.means**2).sum()
     lp_s = prior.a * math.log(prior.b) - math.lgamma(prior.a) + (prior.a - 1) * torch.log(s) - prior.b * s
     a0 = prior.alpha0

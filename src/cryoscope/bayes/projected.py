@@ -176,7 +176,7 @@ def global_rotations(state: MixtureState, poses: Poses, data: BinnedImages, n_ro
     wrong), or with `keep_current` to those and its current rotation. The latter is an exact MCMC move (an ensemble
     move with independent uniform proposals): an image leaves a good rotation only for a candidate that explains
     it about as well."""
-    candidates = random_rotations(n_rotations, generator, dtype=state.means.dtype)
+    candidates = random_rotations(n_rotations, generator, dtype=state.means.dtype, device=state.means.device)
     scores = rotation_scores(state, candidates, poses.shifts, data)  # [M, P]
     if keep_current:
         scores = torch.cat([torch.diagonal(rotation_scores(state, poses.rotations, poses.shifts, data))[None], scores])

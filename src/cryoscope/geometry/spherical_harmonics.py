@@ -225,12 +225,12 @@ def apply_generator(coeffs: torch.Tensor, axis: int) -> torch.Tensor:
 
 @lru_cache(maxsize=16)
 def _ladder_cached(L: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    l = torch.arange(L + 1, dtype=dtype)[:, None]
-    m = torch.arange(-L, L + 1, dtype=dtype)[None, :]
+    l = torch.arange(L + 1, dtype=dtype, device=device)[:, None]
+    m = torch.arange(-L, L + 1, dtype=dtype, device=device)[None, :]
     ok = m.abs() <= l
     cplus = torch.sqrt((l * (l + 1) - m * (m + 1)).clamp_min(0)) * ok
     cminus = torch.sqrt((l * (l + 1) - m * (m - 1)).clamp_min(0)) * ok
-    return cplus.to(device), cminus.to(device)
+    return cplus, cminus
 
 
 def ladder_coefficients(L: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:

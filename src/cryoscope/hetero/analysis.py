@@ -18,7 +18,7 @@ from cryoscope.representations.spherical_basis import SphericalBasis, quadratic_
 
 def shell_amplitudes(basis: SphericalBasis, coeffs: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """a_{l,n}(k) = Σ_p c_{l,n,p} H_{l,p}(k) [n_k, n_angular]: P(k u) = Σ_{l,n} (-i)^l a_{l,n}(k) Ψ_{l,n}(u)."""
-    H = basis.hankel(k.to(coeffs.dtype)) * coeffs  # [n_k, N_c]
+    H = basis.hankel(k.to(coeffs)) * coeffs  # [n_k, N_c]
     out = coeffs.new_zeros(k.shape[0], basis.n_angular)
     return out.index_add_(1, basis.angular_index.to(coeffs.device), H)
 
@@ -44,9 +44,9 @@ def capsid_region(maps: list[torch.Tensor], r_min: float, r_max: float, fraction
     """Region C of §2.6.5: voxels within r_min <= r <= r_max (pixels) whose mean exceeds `fraction` of the peak
     in that annulus, in every map; boolean [N, N, N]."""
     box = maps[0].shape[-1]
-    c = centered_coords(box, dtype=torch.float64)
+    c = centered_coords(box, maps[0].device, torch.float64)
     z, y, x = torch.meshgrid(c, c, c, indexing="ij")
-    r = torch.sqrt(x * x + y * y + z * z).to(maps[0].device)
+    r = torch.sqrt(x * x + y * y + z * z)
     region = (r >= r_min) & (r <= r_max)
     if not bool(region.any()):
         raise InvalidValueError(f"no voxels between radii {r_min} and {r_max} pixels")
@@ -68,7 +68,7 @@ def gain(reference: torch.Tensor, other: torch.Tensor, region: torch.Tensor) -> 
 def radial_variance(basis: SphericalBasis, covariance: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Spherical average (1/4π) ∫ v(r u) dΩ [n_r] of the variance map at radii r (pixels), exactly:
     (1/4π) Σ_{l,n} Σ_{p,p'} V_{lnp,lnp'} h_{l,p}(r) h_{l,p'}(r) (Ψ orthonormal on the sphere)."""
-    h = basis.radial(r.to(covariance.dtype))  # [n_r, N_c]
+    h = basis.radial(r.to(covariance))  # [n_r, N_c]
     if covariance.dim() == 1:
         return (h * h * covariance).sum(1) / (4 * math.pi)
     same = basis.angular_index[:, None] == basis.angular_index[None, :]
@@ -94,7 +94,7 @@ def fractional_difference(s1: torch.Tensor, s2: torch.Tensor, r: torch.Tensor, r
 
 def sd_at_points(basis: SphericalBasis, covariance: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Standard deviation s(x) = sqrt(φ(x)^T V φ(x)) at points [n, 3] (pixels from the centre, x y z)."""
-    return quadratic_form(basis.functions(points.to(covariance.dtype)), covariance).clamp_min(0).sqrt()
+    return quadratic_form(basis.functions(points.to(covariance)), covariance).clamp_min(0).sqrt()
 
 
 def to_rectangular(basis: SphericalBasis, rect, pixel_size: float) -> torch.Tensor:
@@ -106,6 +106,6 @@ def to_rectangular(basis: SphericalBasis, rect, pixel_size: float) -> torch.Tens
     centre is the origin of the mechanical frame. Then ĉ_rect = B c̄ and V̂_rect = B V Bᵀ.
     """
     freqs, weights = rect.fourier_terms()  # k [M, 3] in 1/Å; φ_c(x + centre) = Σ_k w[c, k] e^{-2πi k·x}
-    centre = torch.tensor(rect.centre, dtype=torch.float64)
+    centre = torch.tensor(rect.centre, dtype=torch.float64, device=freqs.device)
     F = basis.fourier(freqs * pixel_size) * pixel_size**3 * torch.exp(2j * math.pi * (freqs @ centre))[:, None]  # of ρ(x + centre)
     return realify((weights @ F).T, rect).T

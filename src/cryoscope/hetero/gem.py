@@ -383,7 +383,7 @@ def known_pose_model(op: ProjectionOperator, data: HeteroData, rotations: torch.
     means = mean.expand(n_classes, -1).clone()
     if n_classes > 1:
         g = generator if generator is not None else torch.Generator().manual_seed(0)
-        jitter = torch.randn(n_classes, mean.shape[0], generator=g, dtype=mean.dtype).to(mean.device)
+        jitter = torch.randn(n_classes, mean.shape[0], generator=g, dtype=mean.dtype, device=g.device).to(mean.device)
         means += 0.01 * float(mean.norm()) * jitter / jitter.norm(dim=1, keepdim=True)
     variance = means.new_zeros((n_classes, means.shape[1], means.shape[1]) if full_covariance else means.shape)
     return HeteroModel(means, variance, torch.tensor(noise, dtype=op.dtype, device=op.device),

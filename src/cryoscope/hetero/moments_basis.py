@@ -32,14 +32,15 @@ class SineBasis:
         return self.per_axis**3
 
     def fourier_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frequencies [M, 3] (1/Å) and weights [Nc, M] complex with φ_c(x + centre) = Σ_k w[c, k] exp(-2πi k·x).
+        """Frequencies [M, 3] (1/Å) and weights [Nc, M] complex (on the CPU) with
+        φ_c(x + centre) = Σ_k w[c, k] exp(-2πi k·x).
 
         sin(kπ(x + R)/2R) = Σ_s (s / 2i) e^{isπk/2} exp(-2πi (-s k / 4R) x), s = ±1."""
         kk, r = self.per_axis, self.half_width
         vals = [v for v in range(-kk, kk + 1) if v != 0]  # κ = v / 4R with v = -s k
-        freqs = torch.tensor(list(itertools.product(vals, repeat=3)), dtype=torch.float64) / (4 * r)
+        freqs = torch.tensor(list(itertools.product(vals, repeat=3)), dtype=torch.float64, device="cpu") / (4 * r)
         col = {v: i for i, v in enumerate(vals)}
-        weights = torch.zeros(self.size, len(vals) ** 3, dtype=torch.complex128)
+        weights = torch.zeros(self.size, len(vals) ** 3, dtype=torch.complex128, device="cpu")
         for c, ks in enumerate(itertools.product(range(1, kk + 1), repeat=3)):
             for signs in itertools.product((1, -1), repeat=3):
                 w = complex(r ** -1.5)
@@ -51,9 +52,9 @@ class SineBasis:
 
     def values(self, points: torch.Tensor) -> torch.Tensor:
         """φ_c at points [P, 3] (Å): [P, Nc] (zero outside the cube)."""
-        x = points.double() - torch.tensor(self.centre, dtype=torch.float64)
+        x = points.double() - torch.tensor(self.centre, dtype=torch.float64, device=points.device)
         r = self.half_width
-        k = torch.arange(1, self.per_axis + 1, dtype=torch.float64)
+        k = torch.arange(1, self.per_axis + 1, dtype=torch.float64, device=points.device)
         one = torch.sin(k * math.pi * (x[..., None] + r) / (2 * r)) / math.sqrt(r) * (x.abs() <= r)[..., None]  # [P, 3, K]
         return torch.einsum("pa,pb,pc->pabc", one[:, 0], one[:, 1], one[:, 2]).reshape(points.shape[0], -1)
 
@@ -80,14 +81,14 @@ class BoxBasis:
         return 2 * len(self.indices)
 
     def fourier_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frequencies n / 2R [Nc, 3] (1/Å) and weights (2R)^-3/2 I [Nc, Nc]."""
-        freqs = torch.tensor(self.indices, dtype=torch.float64).reshape(-1, 3) / (2 * self.half_width)
-        return freqs, (2 * self.half_width) ** -1.5 * torch.eye(freqs.shape[0], dtype=torch.complex128)
+        """Frequencies n / 2R [Nc, 3] (1/Å) and weights (2R)^-3/2 I [Nc, Nc], on the CPU."""
+        freqs = torch.tensor(self.indices, dtype=torch.float64, device="cpu").reshape(-1, 3) / (2 * self.half_width)
+        return freqs, (2 * self.half_width) ** -1.5 * torch.eye(freqs.shape[0], dtype=torch.complex128, device="cpu")
 
     def values(self, points: torch.Tensor) -> torch.Tensor:
         """Φ_n at points [P, 3] (Å): [P, Nc] complex (zero outside the cube)."""
-        x = points.double() - torch.tensor(self.centre, dtype=torch.float64)
-        freqs, _ = self.fourier_terms()
+        x = points.double() - torch.tensor(self.centre, dtype=torch.float64, device=points.device)
+        freqs = self.fourier_terms()[0].to(points.device)
         inside = (x.abs() <= self.half_width).all(-1, keepdim=True)
         return (2 * self.half_width) ** -1.5 * torch.polar(inside.double(), -2 * math.pi * x @ freqs.T)
 

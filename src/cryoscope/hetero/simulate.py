@@ -13,7 +13,8 @@ from cryoscope.physics.projection import expand_half_slices, slice_layout
 def draw_coefficients(mean: torch.Tensor, variance: torch.Tensor, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """c_i = c̄_{k_i} + F_{k_i} ε_i [n, N_c] for class labels [n]; variances [K, N_c] (diagonal, F = sqrt v) or
     [K, N_c, N_c] (full, F = U Λ^1/2 from its eigendecomposition, so singular V are fine)."""
-    eps = torch.randn(classes.shape[0], mean.shape[1], generator=generator, dtype=mean.dtype)
+    eps = torch.randn(classes.shape[0], mean.shape[1], generator=generator, dtype=mean.dtype, device=generator.device)
+    eps = eps.to(mean.device)
     if variance.dim() == 2:
         return mean[classes] + variance[classes].clamp_min(0).sqrt() * eps
     lam, U = torch.linalg.eigh(variance)
@@ -46,7 +47,7 @@ def simulate_measurements(
         sl = slice(s, min(n, s + batch))
         clean = op.images(coeffs[sl], rotations[sl], None if ctf is None else ctf[sl])
         for c, y in enumerate(clean):
-            w = torch.randn(y.shape, generator=generator, dtype=y.dtype) * noise**0.5
+            w = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=generator.device) * noise**0.5
             parts[c].append(y + w.to(y.device))
     return tuple(torch.cat(p) for p in parts), rotations, coeffs
 

@@ -149,7 +149,7 @@ class ParticleMetadata:
 
     def subset(self, index: torch.Tensor | slice) -> ParticleMetadata:
         """Rows `index` (bool mask, integer indices or slice) as a new table."""
-        idx = torch.arange(self.n)[index]
+        idx = torch.arange(self.n, device="cpu")[index]
         kwargs = {}
         for f in fields(self):
             v = getattr(self, f.name)

@@ -139,7 +139,7 @@ def write_map(
 
     `protect` lists input files that must never be replaced.
     """
-    arr = np.ascontiguousarray(torch.as_tensor(data).detach().cpu().numpy(), dtype=np.float32)
+    arr = np.ascontiguousarray(torch.as_tensor(data, device="cpu").detach().numpy(), dtype=np.float32)
     if arr.ndim != 3:
         raise InvalidValueError(f"a map must be 3-D [z, y, x], got shape {tuple(arr.shape)}", path)
     _write_mrc(Path(path), arr, float(voxel_size), stack=False, protect=protect)
@@ -149,7 +149,7 @@ def write_stack(
     path: str | Path, images: torch.Tensor, pixel_size: float, protect: Sequence[str | Path] = ()
 ) -> None:
     """Write images [n, y, x] as a float32 MRCS stack with the pixel size (Å) in the header; atomic."""
-    arr = np.ascontiguousarray(torch.as_tensor(images).detach().cpu().numpy(), dtype=np.float32)
+    arr = np.ascontiguousarray(torch.as_tensor(images, device="cpu").detach().numpy(), dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:

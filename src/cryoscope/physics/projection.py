@@ -63,7 +63,7 @@ class _Kernel:
             return (1 - r.abs()).clamp_min(0)
         s = (1 - r * r).clamp_min(1e-20).sqrt()
         inside = r.abs() < 1
-        return torch.where(inside, torch.special.i0(self.beta * s) / torch.special.i0(torch.tensor(self.beta)), 0.0)
+        return torch.where(inside, torch.special.i0(self.beta * s) / torch.special.i0(u.new_tensor(self.beta)), 0.0)
 
 
 @functools.lru_cache(maxsize=32)

@@ -73,7 +73,7 @@ def contacts(positions: torch.Tensor, cutoff: float, chunk: int = 4096) -> torch
         i = i + start
         keep = i < j
         pairs.append(torch.stack([i[keep], j[keep]], 1))
-    return torch.cat(pairs) if pairs else torch.zeros(0, 2, dtype=torch.long)
+    return torch.cat(pairs) if pairs else torch.zeros(0, 2, dtype=torch.long, device=positions.device)
 
 
 def build_network(positions: torch.Tensor, cutoff: float | None = None, masses: torch.Tensor | None = None,
@@ -83,23 +83,25 @@ def build_network(positions: torch.Tensor, cutoff: float | None = None, masses: 
     `masses` default to 1. `labels` [N] (integers >= 0) split the springs into groups: a spring belongs to the
     group of the smaller label of its two masses (all springs in group 0 without labels).
     """
-    pos = torch.as_tensor(positions, dtype=torch.float64)
+    pos = torch.as_tensor(positions, dtype=torch.float64, device=getattr(positions, "device", None))
     if pos.dim() != 2 or pos.shape[1] != 3 or pos.shape[0] < 3:
         raise InvalidValueError(f"need positions [N >= 3, 3], got {tuple(pos.shape)}")
     if not torch.isfinite(pos).all():
         raise InvalidValueError("positions contain NaN or Inf")
     n = pos.shape[0]
-    m = torch.ones(n, dtype=torch.float64) if masses is None else torch.as_tensor(masses, dtype=torch.float64).to(pos.device)
+    m = torch.ones(n, dtype=torch.float64, device=pos.device) if masses is None else masses
+    m = torch.as_tensor(m, dtype=torch.float64, device=pos.device)
     if m.shape != (n,) or not bool((m > 0).all()):
         raise InvalidValueError(f"need {n} positive masses, got shape {tuple(m.shape)}")
-    lab = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels).long()
+    lab = torch.zeros(n, dtype=torch.long, device=pos.device) if labels is None else labels
+    lab = torch.as_tensor(lab, device=pos.device).long()
     if lab.shape != (n,) or bool((lab < 0).any()):
         raise InvalidValueError(f"need {n} non-negative integer labels, got shape {tuple(lab.shape)}")
     if springs is None:
         if cutoff is None or cutoff <= 0:
             raise InvalidValueError(f"cutoff must be positive, got {cutoff}")
         springs = contacts(pos, cutoff)
-    springs = torch.as_tensor(springs).long()
+    springs = torch.as_tensor(springs, device=pos.device).long()
     if springs.dim() != 2 or springs.shape[1] != 2 or bool((springs[:, 0] == springs[:, 1]).any()):
         raise InvalidValueError(f"springs must be [S, 2] pairs of different masses, got {tuple(springs.shape)}")
     springs = springs.sort(1).values
@@ -126,13 +128,14 @@ def network_from_structure(st: gemmi.Structure, cutoff: float, atoms: str = "ca"
     pos, _ = atom_arrays(st, ca_only=atoms == "ca")
     nodes = [cra for cra in st[0].all() if atoms == "all" or (cra.atom.name == "CA" and cra.atom.element == gemmi.Element("C"))]
     if masses == "unit":
-        m = torch.ones(len(nodes), dtype=torch.float64)
+        m = torch.ones(len(nodes), dtype=torch.float64, device=pos.device)
     elif masses == "residue":
-        m = torch.tensor([sum(a.element.weight * a.occ for a in cra.residue) for cra in nodes], dtype=torch.float64)
+        m = torch.tensor([sum(a.element.weight * a.occ for a in cra.residue) for cra in nodes], dtype=torch.float64,
+                         device=pos.device)
     else:
-        m = torch.tensor([cra.atom.occ for cra in nodes], dtype=torch.float64)
+        m = torch.tensor([cra.atom.occ for cra in nodes], dtype=torch.float64, device=pos.device)
     chain_index = {ch.name: i for i, ch in enumerate(st[0])}
-    labels = torch.tensor([chain_index[cra.chain.name] if groups == "chain" else 0 for cra in nodes])
+    labels = torch.tensor([chain_index[cra.chain.name] if groups == "chain" else 0 for cra in nodes], device=pos.device)
     info = [NodeAtom(c.chain.name, c.residue.name, c.residue.seqid.num, c.residue.seqid.icode, c.atom.name, c.atom.element.name)
             for c in nodes]
     return build_network(pos, cutoff, m, labels), info

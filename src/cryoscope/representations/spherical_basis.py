@@ -109,11 +109,12 @@ class SphericalBasis:
             n_angular += B.shape[0]
         if not l_idx:
             raise InvalidValueError(f"the spherical basis (l <= {l_max}, p <= {p_max}, {self.symmetry}, k_max {k_max}) is empty")
-        self.l = torch.tensor(l_idx)
-        self.n = torch.tensor(n_idx)
-        self.p = torch.tensor(p_idx)
-        self.zeros = torch.tensor(zeros, dtype=torch.float64)
-        self.angular_index = torch.tensor(angular)  # which Ψ (row of `angular`) each coefficient uses
+        # index tables on the CPU (the radial tables are computed with scipy); moved where they are used
+        self.l = torch.tensor(l_idx, device="cpu")
+        self.n = torch.tensor(n_idx, device="cpu")
+        self.p = torch.tensor(p_idx, device="cpu")
+        self.zeros = torch.tensor(zeros, dtype=torch.float64, device="cpu")
+        self.angular_index = torch.tensor(angular, device="cpu")  # which Ψ (row of `angular`) each coefficient uses
         self.n_angular = n_angular
         self._cache: dict = {}
         self.norms = math.sqrt(2) / (self.radius**1.5 * np.abs(spherical_jn(self.l.numpy() + 1, self.zeros.numpy())))
@@ -177,8 +178,9 @@ class SphericalBasis:
             coeffs = torch.zeros(S, L + 1, 2 * L + 1, dtype=cdtype, device=device)
             for l, B in enumerate(self.blocks):
                 if B.shape[0]:
-                    a = torch.as_tensor(_real_transform(l)).T @ B.T.to(torch.complex128)  # Ψ = Σ (U^T b)_m Y_l^m
-                    coeffs[: B.shape[0], l, L - l : L + l + 1] = a.T.to(cdtype)
+                    U = torch.as_tensor(_real_transform(l), device=B.device)
+                    a = U.T @ B.T.to(torch.complex128)  # Ψ = Σ (U^T b)_m Y_l^m
+                    coeffs[: B.shape[0], l, L - l : L + l + 1] = a.T.to(device=device, dtype=cdtype)
             self._cache[key] = coeffs
         return self._cache[key]
 

@@ -145,13 +145,15 @@ def lanczos_smallest(matvec: MatVec, dim: int, k: int, *, deflate: torch.Tensor 
 
 
 def eigsh_smallest(matvec: MatVec, dim: int, k: int, *, deflate: torch.Tensor | None = None, tol: float = 0.0,
-                   dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype = torch.float64, seed: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-check of `lanczos_smallest` through ARPACK (`scipy.sparse.linalg.eigsh`, which="SA", float64 numpy):
     ascending eigenvalues [k] and eigenvectors [dim, k] of P H P on the complement of span(deflate). The deflated
     directions, eigenvalue 0 under P H P, are moved to the top of the spectrum by adding shift * Q Q^T with shift
-    = 10 * (largest eigenvalue of P H P). Tensors are on deflate's device (CPU without deflation). ARPACK starts from
-    a vector drawn with `seed`, so runs (and the processes of a distributed run) apply the same matvec sequence."""
-    device = deflate.device if deflate is not None else None
+    = 10 * (largest eigenvalue of P H P). Tensors are on `device` (default: deflate's device, else the CPU). ARPACK
+    starts from a vector drawn with `seed`, so runs (and the processes of a distributed run) apply the same matvec
+    sequence."""
+    if device is None:
+        device = deflate.device if deflate is not None else torch.device("cpu")
     q = _deflation(deflate, dim, dtype, device)
     if not 1 <= k <= min(dim - q.shape[1], dim - 1):
         raise InvalidValueError(f"k must be in [1, {min(dim - q.shape[1], dim - 1)}] for ARPACK, got {k}")

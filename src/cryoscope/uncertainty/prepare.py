@@ -19,21 +19,22 @@ def rings_from_images(
 ) -> ParticleRings:
     """Images [J, N, N] (N = basis.box) with RELION rotations [J, 3, 3], CTF parameters and origins (pixels)."""
     grid = polar_grid_of(basis, n_psi)
-    dtype = basis.k.dtype
-    rings = polar_transform(images.to(dtype), grid)
-    ctf_rings = None if ctf is None else polar_ctf(ctf, grid, basis.box, pixel_size).to(dtype)
-    phases = None if origins_px is None else shift_phases(origins_px.to(dtype), grid, basis.box)
-    return ParticleRings(rings, rotations.to(dtype), ctf_rings, phases)
+    dtype, device = basis.k.dtype, basis.k.device
+    rings = polar_transform(images.to(device, dtype), grid)
+    ctf_rings = None if ctf is None else polar_ctf(ctf.to(device), grid, basis.box, pixel_size).to(dtype)
+    phases = None if origins_px is None else shift_phases(origins_px.to(device, dtype), grid, basis.box)
+    return ParticleRings(rings, rotations.to(device, dtype), ctf_rings, phases)
 
 
 def simulate_rings(basis: ShellBasis, x: torch.Tensor, rotations: torch.Tensor, n_psi: int, ctf: CTFParams | None = None,
                    pixel_size: float = 1.0, chunk: int = 32) -> ParticleRings:
     """Noiseless synthetic images (templates of the shell map x, the low-temperature limit of §18.1)."""
     grid = polar_grid_of(basis, n_psi)
+    ctf = None if ctf is None else ctf.to(basis.k.device)
     ctf_rings = None if ctf is None else polar_ctf(ctf, grid, basis.box, pixel_size).to(basis.k.dtype)
     empty = torch.zeros(rotations.shape[0], basis.n_shells, n_psi, dtype=torch.complex64 if basis.k.dtype == torch.float32 else torch.complex128,
                         device=basis.k.device)
-    data = ParticleRings(empty, rotations.to(basis.k.dtype), ctf_rings)
+    data = ParticleRings(empty, rotations.to(basis.k.device, basis.k.dtype), ctf_rings)
     lik = RingLikelihood(basis, data, chunk=chunk)
     with torch.no_grad():
         rings = torch.cat([lik.templates(x, s) for s in lik.chunks()])

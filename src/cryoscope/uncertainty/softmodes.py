@@ -96,7 +96,7 @@ def soft_modes(
     q = operator.deflate if deflate else None
     dtype, device = operator.sqrt_m.dtype, operator.sqrt_m.device
     if method == "eigsh":
-        lam, vecs = eigsh_smallest(operator, operator.dim, k, deflate=q, tol=tol, seed=seed)
+        lam, vecs = eigsh_smallest(operator, operator.dim, k, deflate=q, tol=tol, dtype=dtype, seed=seed, device=device)
         vecs = vecs.to(dtype)
         res = torch.stack([(operator(v) - l * v).norm() for l, v in zip(lam, vecs.T)])
         history, iters, conv = [], 0, True

@@ -106,4 +106,5 @@ class VAEGAN(nn.Module):
         if self.noise is None:
             return 0.0
         device = next(self.noise.parameters()).device
-        return float(self.noise(torch.randn(n, self.config.noise_dim, generator=generator).to(device)).mean())
+        z = torch.randn(n, self.config.noise_dim, generator=generator, device="cpu").to(device)
+        return float(self.noise(z).mean())

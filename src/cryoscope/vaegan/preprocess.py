@@ -137,8 +137,8 @@ def _lanczos_matrix(n: int, box: int) -> torch.Tensor:
     each side, a low-pass at the new Nyquist); it is truncated at the image edge and each row is normalised to sum 1.
     """
     f = n / box
-    centres = n // 2 + (torch.arange(box, dtype=torch.float64) - box // 2) * f
-    t = (torch.arange(n, dtype=torch.float64)[None, :] - centres[:, None]) / f
+    centres = n // 2 + (torch.arange(box, dtype=torch.float64, device="cpu") - box // 2) * f
+    t = (torch.arange(n, dtype=torch.float64, device="cpu")[None, :] - centres[:, None]) / f
     w = torch.sinc(t) * torch.sinc(t / LANCZOS_A) * (t.abs() < LANCZOS_A)
     return w / w.sum(1, keepdim=True)
 
@@ -213,7 +213,7 @@ def _read_sidecar(path: Path) -> dict | None:
 
 def _read(stack, indices: np.ndarray) -> torch.Tensor:
     """Particles `indices` of `stack` as float32 [m, N, N]."""
-    return torch.as_tensor(stack[indices]).float()
+    return torch.as_tensor(stack[indices], device="cpu").float()
 
 
 def _source_fingerprint(stack, indices: np.ndarray) -> dict:

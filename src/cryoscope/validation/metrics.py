@@ -30,7 +30,7 @@ def cross_correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | Non
 
 
 def _labels(x: Sequence[int] | np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x)).reshape(-1)
+    t = torch.as_tensor(np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x), device="cpu").reshape(-1)
     if t.numel() == 0:
         raise InvalidValueError(f"{name}: no labels")
     return torch.unique(t, return_inverse=True)[1]
@@ -68,7 +68,7 @@ def adjusted_rand_index(labels_a, labels_b) -> float:
 
     n = c.sum()
     index, sa, sb = pairs(c.flatten()), pairs(c.sum(1)), pairs(c.sum(0))
-    expected = sa * sb / (n * (n - 1) / 2) if n > 1 else torch.tensor(0.0, dtype=torch.float64)
+    expected = sa * sb / (n * (n - 1) / 2) if n > 1 else c.new_tensor(0.0)
     maximum = (sa + sb) / 2
     if maximum == expected:
         return 1.0

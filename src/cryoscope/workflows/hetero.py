@@ -68,7 +68,8 @@ def ctf_groups(params: CTFParams, n_groups: int) -> tuple[torch.Tensor, torch.Te
     n_groups = max(1, min(n_groups, defocus.numel()))
     order = torch.argsort(defocus)
     group = torch.empty_like(order)
-    group[order] = torch.div(torch.arange(order.numel()) * n_groups, order.numel(), rounding_mode="floor")
+    rank = torch.arange(order.numel(), device=order.device)
+    group[order] = torch.div(rank * n_groups, order.numel(), rounding_mode="floor")
     reps = torch.stack([order[(group[order] == g).nonzero().squeeze(1)[int((group == g).sum()) // 2]] for g in range(n_groups)])
     return group, reps
 
@@ -165,7 +166,7 @@ def run_hetero(p: dict, out: Path, resume: bool, progress: bool, device: torch.d
     write_particles(out, meta, final.weights, grid, protect)
     keys = list(dict.fromkeys(k for h in history for k, v in h.items() if not isinstance(v, list)))
     write_log_csv(out / "history.csv", [{k: h.get(k, "") for k in keys} for h in history], protect)
-    r = torch.linspace(0, basis.radius, 200, dtype=torch.float64)
+    r = torch.linspace(0, basis.radius, 200, dtype=torch.float64, device="cpu")
     sds = [radial_sd(basis, model.variance[k].double().cpu(), r) for k in range(model.n_classes)]
     write_radial_csv(out / "radial_sd.csv", r * px, {f"sd_class{k + 1}": s for k, s in enumerate(sds)}, protect)
     metrics = {
@@ -200,7 +201,7 @@ def write_particles(out: Path, meta: ParticleMetadata, weights: torch.Tensor, gr
     cls, t = best // grid.shape[0], best % grid.shape[0]
     post = weights.sum(2).T.cpu()  # [n, K]
     new = ParticleMetadata(**{**vars(meta), "rotations": grid.cpu().double()[t], "euler": None, "class_number": cls + 1})
-    extra = {"cryoscopeClassPosterior": post[torch.arange(meta.n), cls].double().numpy()}
+    extra = {"cryoscopeClassPosterior": post[torch.arange(meta.n, device=post.device), cls].double().numpy()}
     if K > 1:
         extra.update({f"cryoscopeClass{k + 1}Posterior": post[:, k].double().numpy() for k in range(K)})
     write_star(out / "particles.star", new, protect=protect, extra=extra)
@@ -285,14 +286,14 @@ def run_analyze(p: dict, out: Path, started: float) -> dict:
     if p["flip_hand"]:
         mean, var = flip_hand(basis, mean, var)
     metrics: dict = {"model": str(p["model"]), "class": p["class_index"], "hand_flipped": p["flip_hand"]}
-    r = torch.linspace(0, basis.radius, 200, dtype=torch.float64)
+    r = torch.linspace(0, basis.radius, 200, dtype=torch.float64, device="cpu")
     columns = {"sd": radial_sd(basis, var, r)}
     if p["other"]:
         basis2, model2, px2, box2 = load_model(p["other"])
         if basis2.spec() != basis.spec() or abs(px2 - px) > 1e-6 * px:
             raise InvalidValueError("the two models use different bases or pixel sizes", p["other"])
         mean2, var2 = model2.mean[cls].double(), model2.variance[cls].double()
-        k = torch.linspace(0, basis.band_limit(), 100, dtype=torch.float64)[1:]
+        k = torch.linspace(0, basis.band_limit(), 100, dtype=torch.float64, device="cpu")[1:]
         fsc, e1, e2 = shell_correlation(basis, mean, mean2, k)
         write_radial_csv(out / "fsc.csv", k / px, {"fsc": fsc, "energy_1": e1, "energy_2": e2}, x_name="frequency_inverse_angstrom")
         maps = [basis.to_voxels(c, box) for c in (mean, mean2)]
@@ -311,7 +312,8 @@ def run_analyze(p: dict, out: Path, started: float) -> dict:
     if p["pdb"]:
         st = read_structure(p["pdb"])
         atoms = [a for mdl in st for ch in mdl for res in ch for a in res]
-        xyz = torch.tensor([[a.pos.x, a.pos.y, a.pos.z] for a in atoms], dtype=torch.float64) / px - box // 2  # MRC origin 0
+        xyz = torch.tensor([[a.pos.x, a.pos.y, a.pos.z] for a in atoms], dtype=torch.float64, device="cpu")
+        xyz = xyz / px - box // 2  # MRC origin 0
         sd = sd_at_points(basis, var, xyz)
         for a, s in zip(atoms, sd.tolist()):
             a.b_iso = s

@@ -69,8 +69,8 @@ def simulated_particles(p: dict, basis: ShellBasis, x: torch.Tensor, pixel_size:
             lo, hi = (float(v) for v in str(p["defocus"]).split(":"))
         except ValueError:
             raise InvalidValueError(f"--defocus must be 'none' or MIN:MAX in Å, got {p['defocus']!r}") from None
-        df = (lo + (hi - lo) * torch.rand(p["n_images"], generator=gen, dtype=torch.float64))[index]
-        ctf = CTFParams.create(defocus_u=df, defocus_v=df, defocus_angle=0.0)
+        df = (lo + (hi - lo) * torch.rand(p["n_images"], generator=gen, dtype=torch.float64, device="cpu"))[index]
+        ctf = CTFParams.create(defocus_u=df, defocus_v=df, defocus_angle=0.0, device=basis.k.device)
     n_psi = p["n_psi"] or default_n_psi(basis.L)
     return simulate_rings(basis, x, R[index.to(R.device)], n_psi, ctf, pixel_size, p["chunk"])
 
@@ -97,7 +97,7 @@ def particle_rings(p: dict, basis: ShellBasis, meta, source, index: torch.Tensor
     parts = []
     for lo in tqdm(range(0, len(index), 256), desc="polar transforms", disable=not progress, unit="batch"):
         idx = index[lo : lo + 256].numpy()
-        sub = meta.subset(torch.as_tensor(idx))
+        sub = meta.subset(torch.as_tensor(idx, device="cpu"))
         images = source.stack[idx].to(device)
         origins = None if sub.shifts_A is None else (sub.shifts_A / sub.require_pixel_size()[:, None]).to(device)
         ctf = ctf_params(sub) if (p["ctf"] and meta.has_ctf) else None
@@ -164,7 +164,8 @@ def analyse(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bool, ctx: 
                        callback=lambda m, ritz: bar.update(1) or bar.set_postfix(softest=f"{float(ritz[0]):.4g}"))
     seconds = time.perf_counter() - t0
     bar.close()
-    y = torch.randn(op.dim, generator=torch.Generator().manual_seed(p["seed"]), dtype=torch.float64).to(op.sqrt_m)
+    gen = torch.Generator().manual_seed(p["seed"])
+    y = torch.randn(op.dim, generator=gen, dtype=torch.float64, device="cpu").to(op.sqrt_m)
     t1 = time.perf_counter()
     for _ in range(3):
         op(y)
@@ -269,7 +270,7 @@ def _setup(p: dict, ctx: DistContext, dtype, progress: bool):
     meta = None
     if p["particles"]:
         meta, source = open_aligned_particles(p, box)
-        shard = Shard(ctx, shard_indices(torch.arange(meta.n), ctx), meta.n)
+        shard = Shard(ctx, shard_indices(torch.arange(meta.n, device="cpu"), ctx), meta.n)
         data, px = particle_rings(p, basis, meta, source, shard.index, progress)
         if m.voxel_size > 0 and abs(m.voxel_size - px) > 1e-3 * px:
             raise InvalidValueError(f"map voxel size {m.voxel_size:g} Å differs from the particles' pixel size {px:g} Å", p["map"])
@@ -280,7 +281,7 @@ def _setup(p: dict, ctx: DistContext, dtype, progress: bool):
         px = p["pixel_size"] or m.voxel_size
         if not px > 0 and p["defocus"] != "none":
             raise InvalidValueError("the map header has no voxel size: give --pixel-size for the CTF", p["map"])
-        shard = Shard(ctx, shard_indices(torch.arange(p["n_images"]), ctx), p["n_images"])
+        shard = Shard(ctx, shard_indices(torch.arange(p["n_images"], device="cpu"), ctx), p["n_images"])
         data = simulated_particles(p, basis, x, px or 1.0, shard.index)
         signal = 0.5 * (data.rings.abs() ** 2 * (basis.radial_weights * basis.k)[:, None] * (2 * math.pi / data.n_psi)).sum((-2, -1))
     lik = RingLikelihood(basis, data, chunk=p["chunk"])
@@ -386,7 +387,7 @@ def run_path(params: dict, out: Path, progress: bool, device: str, started: floa
     R = rotations_from_spec(p["simulate"], p["n_images"], gen, torch.float64).to(dev)
     n_psi = p["n_psi"] or default_n_psi(basis.L)
     stiffness = path_stiffness(frames, basis, R, n_psi, temperature=p["temperature"], chunk=p["chunk"]).cpu()
-    s = torch.linspace(0, 1, len(maps))
+    s = torch.linspace(0, 1, len(maps), device="cpu")
     with atomic_path(out / "path_stiffness.csv") as tmp:
         with open(tmp, "w") as fh:
             fh.write("s,map,stiffness\n")

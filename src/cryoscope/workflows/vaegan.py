@@ -59,12 +59,13 @@ def _ctf_function(particles, box: int, pixel_size: float):
 
 def _sample(images, n: int) -> torch.Tensor:
     """Up to n evenly spaced images of an indexable stack or cache, float32 [m, N, N]."""
-    return torch.as_tensor(images[np.linspace(0, len(images) - 1, min(n, len(images))).astype(np.int64)]).float()
+    positions = np.linspace(0, len(images) - 1, min(n, len(images))).astype(np.int64)
+    return torch.as_tensor(images[positions], device="cpu").float()
 
 
 def _background(images: torch.Tensor, radius_px: float) -> torch.Tensor:
     """The pixels [m, k] of images [m, N, N] outside a disc of `radius_px` about the centre (index N // 2)."""
-    return images[:, frequency_magnitude(images.shape[-1]) > radius_px]
+    return images[:, frequency_magnitude(images.shape[-1], device=images.device) > radius_px]
 
 
 def background_sigma(cache: ImageCache, radius_px: float, n: int = 1000) -> float:
@@ -80,8 +81,8 @@ def input_units(stack, p: dict, cache: ImageCache, n: int = 1000) -> float:
 
     images = _sample(stack, n)
     box_in = images.shape[-1]
-    gain = float(downsample(torch.randn(64, box_in, box_in, generator=torch.Generator().manual_seed(0)), cache.box,
-                            p["resample"]).std())
+    noise = torch.randn(64, box_in, box_in, generator=torch.Generator().manual_seed(0), device="cpu")
+    gain = float(downsample(noise, cache.box, p["resample"]).std())
     if p["normalisation"] == "contrast":
         return cache.scale / gain
     return float(_background(images, p["particle_radius"] or 0.4 * box_in).std(dim=1).mean()) / gain
@@ -230,13 +231,14 @@ def _cluster_maps(model: VAEGAN, analysis, latents: np.ndarray, out: Path, px: f
     from cryoscope.io.mrc import write_map
 
     maps = {}
+    device = next(model.signal.parameters()).device
     for c, trav in enumerate(analysis.traversals):
         mean = latents[analysis.labels == c].mean(0)
         name = f"cluster_{c + 1:03d}"
-        maps[name] = model.signal.render(torch.as_tensor(mean, dtype=torch.float32, device=next(model.parameters()).device)).cpu()
+        maps[name] = model.signal.render(torch.as_tensor(mean, dtype=torch.float32, device=device)).cpu()
         write_map(out / f"{name}.mrc", maps[name], px, protect=protect)
         for j, z in enumerate(trav.latents):
-            vol = model.signal.render(torch.as_tensor(z, dtype=torch.float32, device=maps[name].device)).cpu()
+            vol = model.signal.render(torch.as_tensor(z, dtype=torch.float32, device=device)).cpu()
             maps[f"{name}_traversal_{j + 1}"] = vol
             write_map(out / f"{name}_traversal_{j + 1}.mrc", vol, px, protect=protect)
     return maps
