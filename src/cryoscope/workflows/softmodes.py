@@ -131,8 +131,9 @@ def noise_model(p: dict, lik: RingLikelihood, x: torch.Tensor, basis: ShellBasis
 def stationary_point(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bool, ctx: DistContext) -> tuple[RingLikelihood, torch.Tensor, dict]:
     """Polish the poses (Newton); with --refine-map R, alternate R times with the least-squares map (low temperature)."""
     info: dict = {"polish_steps_rad": [], "refine_rounds": 0}
+    tol = 1e-10 if x.dtype == torch.float64 else 1e-6  # relative; float32 stalls above 1e-10
     for r in tqdm(range(p["refine_map"] + 1), desc="stationary point", disable=not progress or p["refine_map"] == 0):
-        lik, steps = polish_alignments(lik, x, p["polish"], 1e-10 if x.dtype == torch.float64 else 1e-6)
+        lik, steps = polish_alignments(lik, x, p["polish"], tol)
         info["polish_steps_rad"].append(steps)
         if r == p["refine_map"]:
             break
@@ -140,9 +141,9 @@ def stationary_point(lik: RingLikelihood, x: torch.Tensor, p: dict, progress: bo
             raise InvalidValueError("--refine-map needs --noise low-temperature (the least-squares map is its optimum)")
         moments = accumulate_moments(lik.basis, lik.data, p["chunk"])
         all_reduce_sum_([moments.m20, moments.m11, moments.m02], ctx)
-        x, cg = VolumetricLikelihood(lik.basis, moments).least_squares_map(x0=x)
+        x, cg = VolumetricLikelihood(lik.basis, moments).least_squares_map(tol, x0=x)
         info["refine_rounds"] = r + 1
-        info["least_squares_residual"] = cg["relative_residual"]
+        info["least_squares_residual"], info["least_squares_iterations"] = cg["relative_residual"], cg["iterations"]
     return lik, x, info
 
 
