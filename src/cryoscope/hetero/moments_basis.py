@@ -80,15 +80,19 @@ class BoxBasis:
     def size(self) -> int:
         return 2 * len(self.indices)
 
+    def frequencies(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Frequencies n / 2R [Nc, 3] (1/Å)."""
+        return torch.tensor(self.indices, dtype=torch.float64, device=device).reshape(-1, 3) / (2 * self.half_width)
+
     def fourier_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Frequencies n / 2R [Nc, 3] (1/Å) and weights (2R)^-3/2 I [Nc, Nc], on the CPU."""
-        freqs = torch.tensor(self.indices, dtype=torch.float64, device="cpu").reshape(-1, 3) / (2 * self.half_width)
+        freqs = self.frequencies()
         return freqs, (2 * self.half_width) ** -1.5 * torch.eye(freqs.shape[0], dtype=torch.complex128, device="cpu")
 
     def values(self, points: torch.Tensor) -> torch.Tensor:
         """Φ_n at points [P, 3] (Å): [P, Nc] complex (zero outside the cube)."""
         x = points.double() - torch.tensor(self.centre, dtype=torch.float64, device=points.device)
-        freqs = self.fourier_terms()[0].to(points.device)
+        freqs = self.frequencies(points.device)
         inside = (x.abs() <= self.half_width).all(-1, keepdim=True)
         return (2 * self.half_width) ** -1.5 * torch.polar(inside.double(), -2 * math.pi * x @ freqs.T)
 

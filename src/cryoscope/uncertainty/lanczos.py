@@ -145,7 +145,8 @@ def lanczos_smallest(matvec: MatVec, dim: int, k: int, *, deflate: torch.Tensor 
 
 
 def eigsh_smallest(matvec: MatVec, dim: int, k: int, *, deflate: torch.Tensor | None = None, tol: float = 0.0,
-                   dtype: torch.dtype = torch.float64, seed: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype = torch.float64, seed: int = 0,
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-check of `lanczos_smallest` through ARPACK (`scipy.sparse.linalg.eigsh`, which="SA", float64 numpy):
     ascending eigenvalues [k] and eigenvectors [dim, k] of P H P on the complement of span(deflate). The deflated
     directions, eigenvalue 0 under P H P, are moved to the top of the spectrum by adding shift * Q Q^T with shift

@@ -232,13 +232,13 @@ def _run_gan(p: dict, out: Path, stages: list[tuple[int, int]], resume: bool, pr
                     critic_lr=p["critic_lr"], generator_lr=p["generator_lr"], critic_base=p["critic_base"], ema_decay=p["ema_decay"])
     protect = tuple(x for x in (p["star"], p.get("truth_star")) if x)
     trainers, stopped, sets = [], [], half_indices(meta.n, p["halves"])
+    budget = None if time_limit is None else time_limit / len(sets)  # the same training time for each half-set
     for h, idx in enumerate(sets):
         sim = build_simulator(data, radius, p["poses"], p["shifts"], p["max_shift"], p["noise"] != "fixed", background,
                               p["symmetry"], p.get("latent") if multi else None, p.get("n_basis", 4), p.get("maps_per_batch", 8),
                               p["seed"] * 1000 + h, p["positivity"])
         gs = GANSettings(**settings, seed=p["seed"] * 1000 + h)
         label = f"half {h + 1}" if p["halves"] else "train"
-        budget = None if time_limit is None else time_limit / len(sets)  # the same training time for each half-set
         trainer, stop = train_half(data, idx, sim, gs, out / f"half{h + 1}", p, resume, progress, p["checkpoint_every"], ctx,
                                    label, budget)
         trainers.append(trainer)
